@@ -1,0 +1,330 @@
+"""A synthetic benchmark written in the real PASCAL VOC 2012 layout (and an ImageNet-S-like mode).
+
+Design (see the book's "Synthetic benchmark" page):
+
+- ``K`` object classes drawn as shapes (circle, square, triangle, cross, ring, bar, ...), each with a random
+  colour and a random texture (flat, stripes or speckle), radius ``size * U(0.12, 0.22)``.
+- 1-3 objects per image, painted in random order so later objects occlude earlier ones. The masks hold the
+  *visible* pixels; a 1-px band along every object border is void (255), as in VOC.
+- A cluttered background: a random base colour with noise, random dots, short lines and shape fragments
+  whose colours overlap the object colours.
+- The **context cue**: for each class present, with probability ``context_bias`` the background gets
+  that class's oriented sine grating (angle 180/K * class, period ``cue_period`` px) over a random large
+  rectangle. Like cows on grass in VOC, a network can partly solve the task from the background alone.
+- A **cue-free pretraining split** (``ImageSets/Main/pretrain.txt``, context_bias 0) stands in for
+  ImageNet: the teacher is pretrained there, then fine-tuned on the cued ``train`` split.
+- Objects whose visible area is under 25 % of their drawn area are marked ``difficult``.
+
+Everything is a function of ``seed``: re-running with the same arguments gives byte-identical files.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SHAPES = ["circle", "square", "triangle", "cross", "ring", "bar", "diamond", "star", "ellipse", "hexagon",
+          "plus_ring", "arc"]
+
+
+def voc_palette() -> list[int]:
+    """The standard PASCAL VOC colour map (bit-interleaved), 256 x RGB."""
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+@dataclass
+class SynthConfig:
+    """Parameters of the synthetic benchmark (all written to ``apnb_synth.json`` at the root)."""
+    classes: int = 6
+    n_train: int = 3000
+    n_val: int = 600
+    n_seg: int = 600
+    n_pretrain: int = 3000
+    size: int = 64
+    seed: int = 0
+    context_bias: float = 0.8
+    cue_period: float = 5.0
+    cue_amplitude: float = 0.22
+    max_objects: int = 3
+    clutter: int = 12
+    jpeg_quality: int = 95
+
+    def validate(self, mode: str = "voc"):
+        if not 2 <= self.classes <= len(SHAPES):
+            raise ValueError(f"classes={self.classes}: must be in [2, {len(SHAPES)}] (one shape per class)")
+        if not 0.0 <= self.context_bias <= 1.0:
+            raise ValueError(f"context_bias={self.context_bias}: must be a probability in [0, 1]")
+        if self.size < 16:
+            raise ValueError(f"size={self.size}: images must be at least 16 px")
+        if mode == "voc" and self.n_seg > self.n_val:
+            raise ValueError(f"n_seg={self.n_seg} > n_val={self.n_val}: the segmentation set is a subset of val")
+        if min(self.n_train, self.n_val) < 1 or self.max_objects < 1:
+            raise ValueError("n_train, n_val and max_objects must be >= 1")
+
+
+def class_names(k: int) -> list[str]:
+    return SHAPES[:k]
+
+
+def _shape_mask(kind: str, yy, xx, cy, cx, r, ang):
+    """Boolean mask of a shape centred at (cy, cx) with radius r and rotation ang (radians)."""
+    dy, dx = yy - cy, xx - cx
+    c, s = np.cos(ang), np.sin(ang)
+    u, v = c * dx + s * dy, -s * dx + c * dy
+    ad = np.hypot(dx, dy)
+    if kind == "circle":
+        return ad <= r
+    if kind == "square":
+        return (np.abs(u) <= r * 0.8) & (np.abs(v) <= r * 0.8)
+    if kind == "triangle":
+        return (v <= r * 0.7) & (v >= -r + np.abs(u) * 1.7)
+    if kind == "cross":
+        return ((np.abs(u) <= r * 0.28) & (np.abs(v) <= r)) | ((np.abs(v) <= r * 0.28) & (np.abs(u) <= r))
+    if kind == "ring":
+        return (ad <= r) & (ad >= r * 0.55)
+    if kind == "bar":
+        return (np.abs(u) <= r) & (np.abs(v) <= r * 0.35)
+    if kind == "diamond":
+        return np.abs(u) + np.abs(v) <= r
+    if kind == "star":
+        th = np.arctan2(v, u)
+        return ad <= r * (0.55 + 0.45 * np.cos(5 * th) ** 2)
+    if kind == "ellipse":
+        return (u / r) ** 2 + (v / (0.55 * r)) ** 2 <= 1
+    if kind == "hexagon":
+        a, b = np.abs(u), np.abs(v)
+        return (b <= r * 0.87) & (a * 0.87 + b * 0.5 <= r * 0.87)
+    if kind == "plus_ring":
+        return ((ad <= r) & (ad >= r * 0.7)) | ((np.abs(u) <= r * 0.2) & (ad <= r))
+    if kind == "arc":
+        return (ad <= r) & (ad >= r * 0.6) & (v > 0)
+    raise ValueError(kind)
+
+
+def _hsv_to_rgb(h, s, v):
+    i = int(h * 6) % 6
+    f = h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
+
+
+def _border(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a 4-neighbour outside it, plus their outside neighbours (a ~2 px band)."""
+    m = np.pad(mask, 1)
+    inner = m[1:-1, 1:-1] & ~(m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:])
+    outer = ~m[1:-1, 1:-1] & (m[:-2, 1:-1] | m[2:, 1:-1] | m[1:-1, :-2] | m[1:-1, 2:])
+    return inner | outer
+
+
+def render(rng: np.random.Generator, cfg: SynthConfig, context_bias: float, single_object: bool = False):
+    """Render one image. Returns (uint8 HxWx3 image, int HxW class map with 255 void, objects list)."""
+    S, K = cfg.size, cfg.classes
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
+    base = rng.uniform(0.15, 0.85, 3)
+    img = base[None, None, :] + rng.normal(0, 0.06, (S, S, 3))
+    # low-frequency colour variation
+    gy, gx = rng.uniform(-1, 1, 2) / S
+    img += (gy * (yy - S / 2) + gx * (xx - S / 2))[..., None] * rng.uniform(-0.6, 0.6, 3)[None, None]
+
+    if single_object:
+        present = [int(rng.integers(K))]
+    else:
+        n = int(rng.integers(1, cfg.max_objects + 1))
+        present = [int(c) for c in rng.integers(0, K, n)]
+    # context cue: oriented grating per present class, behind the objects
+    for c in sorted(set(present)):
+        if rng.random() < context_bias:
+            ang = np.pi * c / K
+            phase = rng.uniform(0, 2 * np.pi)
+            grating = np.sin(2 * np.pi * (np.cos(ang) * xx + np.sin(ang) * yy) / cfg.cue_period + phase)
+            h, w = rng.integers(S // 2, S + 1, 2)
+            y0, x0 = rng.integers(0, S - h + 1), rng.integers(0, S - w + 1)
+            box = np.zeros((S, S), bool)
+            box[y0:y0 + h, x0:x0 + w] = True
+            img += (cfg.cue_amplitude * grating * box)[..., None]
+    # clutter: dots, short lines and shape fragments in object-like colours
+    for _ in range(int(rng.integers(cfg.clutter // 2, cfg.clutter + 1))):
+        col = _hsv_to_rgb(rng.random(), rng.uniform(0.3, 1), rng.uniform(0.3, 1))
+        cy, cx = rng.uniform(0, S, 2)
+        kind = rng.integers(3)
+        if kind == 0:
+            m = np.hypot(yy - cy, xx - cx) <= rng.uniform(0.5, 2.0)
+        elif kind == 1:
+            a = rng.uniform(0, np.pi)
+            u = np.cos(a) * (xx - cx) + np.sin(a) * (yy - cy)
+            v = -np.sin(a) * (xx - cx) + np.cos(a) * (yy - cy)
+            m = (np.abs(u) <= rng.uniform(2, S * 0.15)) & (np.abs(v) <= 0.6)
+        else:  # fragment of a random shape, cut by a half-plane
+            r = S * rng.uniform(0.06, 0.12)
+            m = _shape_mask(SHAPES[int(rng.integers(K))], yy, xx, cy, cx, r, rng.uniform(0, np.pi))
+            m &= (xx - cx) * rng.normal() + (yy - cy) * rng.normal() > 0
+        img[m] = col
+    cls_map = np.zeros((S, S), np.int16)
+    obj_masks = []
+    for c in present:
+        r = S * rng.uniform(0.12, 0.22) * (1.25 if single_object else 1.0)
+        if single_object:
+            cy, cx = S / 2 + rng.normal(0, S * 0.08, 2)
+        else:
+            cy, cx = rng.uniform(r * 0.6, S - r * 0.6, 2)
+        m = _shape_mask(SHAPES[c], yy, xx, cy, cx, r, rng.uniform(0, 2 * np.pi))
+        if m.sum() < 4:
+            continue
+        col = _hsv_to_rgb(rng.random(), rng.uniform(0.5, 1), rng.uniform(0.45, 1))
+        tex = int(rng.integers(3))
+        if tex == 1:
+            a = rng.uniform(0, np.pi)
+            t = 0.5 + 0.5 * np.sin(2 * np.pi * (np.cos(a) * xx + np.sin(a) * yy) / rng.uniform(2.5, 4.0))
+            patch = col[None, None, :] * (0.75 + 0.25 * t[..., None])
+        elif tex == 2:
+            patch = col[None, None, :] * rng.uniform(0.75, 1.1, (S, S, 1))
+        else:
+            patch = np.broadcast_to(col, (S, S, 3))
+        img[m] = patch[m]
+        for om in obj_masks:  # occlusion: earlier objects lose the pixels painted over
+            om[1] &= ~m
+        obj_masks.append([c, m.copy(), int(m.sum())])
+        cls_map[m] = c + 1
+    void = np.zeros((S, S), bool)
+    objects = []
+    for c, m, drawn in obj_masks:
+        if m.sum() == 0:
+            continue
+        void |= _border(m)
+        ys, xs = np.nonzero(m)
+        objects.append({"cls": c, "bbox": (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1),
+                        "difficult": int(m.sum() < 0.25 * drawn),
+                        "truncated": int(xs.min() == 0 or ys.min() == 0 or xs.max() == S - 1 or ys.max() == S - 1)})
+    cls_map[void] = 255
+    img8 = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return img8, cls_map.astype(np.uint8), objects
+
+
+def _xml(name: str, size: int, objects, names) -> str:
+    objs = "".join(
+        f"\t<object>\n\t\t<name>{names[o['cls']]}</name>\n\t\t<pose>Unspecified</pose>\n"
+        f"\t\t<truncated>{o['truncated']}</truncated>\n\t\t<difficult>{o['difficult']}</difficult>\n"
+        f"\t\t<bndbox>\n\t\t\t<xmin>{o['bbox'][0]}</xmin>\n\t\t\t<ymin>{o['bbox'][1]}</ymin>\n"
+        f"\t\t\t<xmax>{o['bbox'][2]}</xmax>\n\t\t\t<ymax>{o['bbox'][3]}</ymax>\n\t\t</bndbox>\n\t</object>\n"
+        for o in objects)
+    return (f"<annotation>\n\t<folder>VOC2012</folder>\n\t<filename>{name}.jpg</filename>\n"
+            f"\t<source>\n\t\t<database>apnb synthetic</database>\n\t</source>\n"
+            f"\t<size>\n\t\t<width>{size}</width>\n\t\t<height>{size}</height>\n\t\t<depth>3</depth>\n\t</size>\n"
+            f"\t<segmented>1</segmented>\n{objs}</annotation>\n")
+
+
+def _save_png_palette(path: Path, arr: np.ndarray, palette):
+    im = Image.fromarray(arr, mode="P")
+    im.putpalette(palette)
+    im.save(path, optimize=False)
+
+
+def write_voc(out: str | Path, cfg: SynthConfig | None = None, **kw) -> Path:
+    """Write the VOC-format tree under ``out/VOCdevkit/VOC2012`` and return that root.
+
+    Splits: ``pretrain`` (cue-free, stands in for ImageNet), ``train`` and ``val`` (cued with
+    ``context_bias``); the first ``n_seg`` val images are listed in ``ImageSets/Segmentation/val.txt``.
+    """
+    cfg = cfg or SynthConfig(**kw)
+    cfg.validate()
+    root = Path(out) / "VOCdevkit" / "VOC2012"
+    if root.exists():
+        shutil.rmtree(root)
+    for d in ["JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass"]:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    names = class_names(cfg.classes)
+    pal = voc_palette()
+    splits = {"pretrain": (cfg.n_pretrain, 0.0), "train": (cfg.n_train, cfg.context_bias),
+              "val": (cfg.n_val, cfg.context_bias)}
+    ids: dict[str, list[str]] = {}
+    labels: dict[str, list[dict]] = {}
+    for si, (split, (n, q)) in enumerate(splits.items()):
+        ids[split], labels[split] = [], []
+        for i in range(n):
+            # one independent stream per image: deterministic and order-free
+            rng = np.random.default_rng([cfg.seed, si, i])
+            name = f"{2012}_{si}{i:06d}"
+            img, cls_map, objects = render(rng, cfg, q)
+            Image.fromarray(img).save(root / "JPEGImages" / f"{name}.jpg", quality=cfg.jpeg_quality)
+            (root / "Annotations" / f"{name}.xml").write_text(_xml(name, cfg.size, objects, names))
+            if split == "val" and i < cfg.n_seg:
+                _save_png_palette(root / "SegmentationClass" / f"{name}.png", cls_map, pal)
+            ids[split].append(name)
+            flags = {}
+            for o in objects:
+                flags[o["cls"]] = max(flags.get(o["cls"], 0), 1 if not o["difficult"] else 0)
+            labels[split].append(flags)
+        (root / "ImageSets/Main" / f"{split}.txt").write_text("".join(f"{x}\n" for x in ids[split]))
+        for c, cname in enumerate(names):
+            lines = "".join(f"{x} {labels[split][j].get(c, -1):2d}\n" for j, x in enumerate(ids[split]))
+            (root / "ImageSets/Main" / f"{cname}_{split}.txt").write_text(lines)
+    (root / "ImageSets/Segmentation/val.txt").write_text("".join(f"{x}\n" for x in ids["val"][:cfg.n_seg]))
+    (root / "apnb_classes.txt").write_text("".join(f"{c}\n" for c in names))
+    (root / "apnb_synth.json").write_text(json.dumps(asdict(cfg), indent=1, sort_keys=True) + "\n")
+    return root
+
+
+def write_imagenet_like(out: str | Path, cfg: SynthConfig | None = None, **kw) -> Path:
+    """ImageNet-like mode: one main object near the centre, ImageNet-S layout.
+
+    Writes ``out/ImageNetS<K>/{train,validation}/<wnid>/<name>.JPEG`` and
+    ``validation-segmentation/<wnid>/<name>.png`` (RGB, class id = R + 256 G, 0 other, 1000 ignore),
+    so that :class:`apnb.data.imagenet.ImageNetS` reads it like the real ImageNet-S.
+    """
+    cfg = cfg or SynthConfig(**kw)
+    root = Path(out) / f"ImageNetS{cfg.classes}"
+    cfg.validate("imagenet")
+    if root.exists():
+        shutil.rmtree(root)
+    names = class_names(cfg.classes)
+    wnids = [f"n{9000000 + c:08d}" for c in range(cfg.classes)]
+    for si, (split, n) in enumerate([("train", cfg.n_train), ("validation", cfg.n_val)]):
+        for i in range(n):
+            rng = np.random.default_rng([cfg.seed, 10 + si, i])
+            img, cls_map, objects = render(rng, cfg, cfg.context_bias, single_object=True)
+            if not objects:
+                continue
+            c = objects[0]["cls"]
+            d = root / split / wnids[c]
+            d.mkdir(parents=True, exist_ok=True)
+            name = f"{split}_{i:06d}"
+            Image.fromarray(img).save(d / f"{name}.JPEG", quality=cfg.jpeg_quality)
+            if split == "validation":
+                seg = np.zeros((*cls_map.shape, 3), np.uint8)
+                ids = np.where(cls_map == 255, 1000, np.where(cls_map > 0, c + 1, 0)).astype(np.int32)
+                seg[..., 0], seg[..., 1] = ids % 256, ids // 256
+                sd = root / "validation-segmentation" / wnids[c]
+                sd.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(seg).save(sd / f"{name}.png")
+    (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} {n}\n" for w, n in zip(wnids, names)))
+    (root / "apnb_synth.json").write_text(json.dumps(asdict(cfg), indent=1, sort_keys=True) + "\n")
+    return root
+
+
+def ensure(out: str | Path, mode: str = "voc", **kw) -> Path:
+    """Generate the benchmark under ``out`` unless an identical one (same parameters) is already there."""
+    cfg = SynthConfig(**kw)
+    cfg.validate(mode)
+    root = Path(out) / ("VOCdevkit/VOC2012" if mode == "voc" else f"ImageNetS{cfg.classes}")
+    stamp = root / "apnb_synth.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == asdict(cfg):
+        return root
+    t = time.time()
+    root = (write_voc if mode == "voc" else write_imagenet_like)(out, cfg)
+    print(f"apnb: wrote synthetic {mode} benchmark to {root} in {time.time() - t:.1f}s")
+    return root

@@ -1,0 +1,176 @@
+"""The pipelines the notebooks orchestrate: data, teacher, distillation, pruning, evaluation.
+
+Every trained network goes through the checkpoint store (:class:`apnb.engine.Store`) under a hash of its
+full configuration (teacher key, method, hyperparameters, seed), so the teacher is trained once and a
+re-run notebook reloads what it already trained.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import __version__
+from . import compression as C
+from . import evaluate as E
+from . import models as M
+from .config import resolve_device, store_dir
+from .data import synthetic
+from .data.voc import VOCClassification, VOCLocalization
+from .engine import Compress, Store, Supervised, TrainConfig, config_key, fit
+from .matching import AttributionMatching, MatchingConfig
+
+METHODS = ("naive", "ewa", "swa", "sswa")
+
+
+def voc_data(data_root: str, synth: dict | None, image_size: int, augment: bool = True, crop_scale=(0.5, 1.0),
+             limit: int | None = None) -> dict:
+    """The VOC splits: ``pretrain`` (synthetic only), ``train`` (augmented), ``train_eval``, ``val``, ``loc``.
+
+    With ``synth`` (a dict of :class:`apnb.data.SynthConfig` fields) the synthetic benchmark is generated
+    under ``data_root`` first (skipped when an identical one is there). Synthetic data is cached in memory.
+    """
+    root = synthetic.ensure(data_root, "voc", **synth) if synth else Path(data_root)
+    cache = synth is not None
+    kw = dict(size=image_size, cache=cache, limit=limit)
+    d = {"root": root,
+         "train": VOCClassification(root, "train", augment=augment, crop_scale=crop_scale, **kw),
+         "val": VOCClassification(root, "val", **kw),
+         "loc": VOCLocalization(root, "val", size=image_size, limit=limit)}
+    if (root / "ImageSets/Main/pretrain.txt").exists():
+        d["pretrain"] = VOCClassification(root, "pretrain", augment=augment, crop_scale=crop_scale, **kw)
+    d["classes"] = d["train"].classes
+    return d
+
+
+def _key(d: dict) -> dict:
+    return {"apnb": __version__, **d}
+
+
+def get_teacher(spec: dict, data: dict, train: dict, pretrain: dict | None = None, pretrained: bool = False,
+                store: Store | None = None, device="auto", progress=True):
+    """Train (or load) the full network.
+
+    Paper: ImageNet-pretrained torchvision weights (``pretrained=True``), then fine-tuned on VOC train.
+    Synthetic stand-in: ``pretrain`` epochs on the cue-free ``pretrain`` split, then ``train`` on the
+    cued split. Returns ``(model, info)``; ``info`` holds the training history and its store key.
+    """
+    store = store or Store()
+    cfg = _key({"role": "teacher", "spec": spec, "train": train, "pretrain": pretrain, "pretrained": pretrained,
+                "data": str(data["root"]), "n_train": len(data["train"])})
+    model = M.build(spec)
+    info = store.load("teacher", cfg, model)
+    if info is not None:
+        return model.to(resolve_device(device)).eval(), info
+    if pretrained:
+        M.load_imagenet_weights(model, spec["arch"])
+    hist = []
+    d = store.dir("teacher", cfg)
+    if pretrain:
+        if "pretrain" not in data:
+            raise ValueError("pretrain epochs requested but the data has no ImageSets/Main/pretrain.txt split")
+        r = fit(model, Supervised(True), data["pretrain"], TrainConfig(**pretrain), d / "pretrain.ckpt",
+                device=device, progress=progress)
+        hist += [{"phase": "pretrain", **h} for h in r.history]
+    r = fit(model, Supervised(True), data["train"], TrainConfig(**train), d / "train.ckpt", device=device,
+            progress=progress)
+    hist += [{"phase": "train", **h} for h in r.history]
+    info = {"history": hist, "key": config_key(cfg), "images_per_s": r.images_per_s}
+    store.save("teacher", cfg, model, info)
+    return model.eval(), info
+
+
+def matching_for(method: str, beta: float | None = None, p: float = 0.3, layers=("last_conv",), **opts):
+    kind = {"naive": "none", "kd": "none"}.get(method, method)
+    return AttributionMatching(MatchingConfig(kind=kind, beta=beta, p=p, layers=tuple(layers), **opts))
+
+
+def distill(teacher, teacher_key: str, student_spec: dict, method: str, data: dict, train: dict,
+            beta: float | None = None, p: float = 0.3, layers=("last_conv",), match_opts: dict | None = None,
+            T: float = 4.0, alpha: float = 0.9, store: Store | None = None, device="auto", progress=True,
+            eval_fn=None):
+    """Knowledge distillation of a student from scratch with KD + matching ``method`` (paper Sec. 4.1)."""
+    store = store or Store()
+    match_opts = match_opts or {}
+    reg = matching_for(method, beta, p, layers, **match_opts)
+    cfg = _key({"role": "kd", "teacher": teacher_key, "spec": student_spec, "method": method, "match": reg.cfg.to_dict(),
+                "train": train, "T": T, "alpha": alpha})
+    student = M.build(student_spec)
+    info = store.load("student", cfg, student)
+    if info is not None:
+        return student.to(resolve_device(device)).eval(), info
+    x0 = data["train"][0][0][None]
+    reg.check(student, teacher.cpu(), x0)
+    obj = Compress(teacher, reg, kd=True, T=T, alpha=alpha)
+    r = fit(student, obj, data["train"], TrainConfig(**train), store.dir("student", cfg) / "train.ckpt",
+            device=device, progress=progress, eval_fn=eval_fn)
+    info = {"history": r.history, "images_per_s": r.images_per_s, "seconds": r.seconds}
+    store.save("student", cfg, student, info)
+    return student.eval(), info
+
+
+def prune_unstructured(teacher, teacher_key: str, method: str, data: dict, train: dict, rho_w: float = 0.2,
+                       iterations: int = 16, beta: float | None = None, p: float = 0.3, layers=("last_conv",),
+                       store: Store | None = None, device="auto", progress=True, callback=None):
+    """Iterative global magnitude pruning (Han et al.) with fine-tuning (task loss + beta * matching) after
+    each of ``iterations`` rounds at ``rho_w``; the regularizer applies in every round. ``callback(it, rate,
+    model)`` sees the network after each round's fine-tune. Returns the final model."""
+    store = store or Store()
+    reg = matching_for(method, beta, p, layers)
+    frozen_teacher = copy.deepcopy(teacher).eval()
+    model = copy.deepcopy(teacher)
+    for it in range(1, iterations + 1):
+        cfg = _key({"role": "unstructured", "teacher": teacher_key, "method": method, "match": reg.cfg.to_dict(),
+                    "train": train, "rho_w": rho_w, "iteration": it})
+        C.prune_global_unstructured(model, rho_w)
+        if store.load("pruned", cfg, model) is None:
+            obj = Compress(frozen_teacher, reg, kd=False)
+            fit(model, obj, data["train"], TrainConfig(**train), store.dir("pruned", cfg) / "train.ckpt",
+                device=device, progress=progress)
+            store.save("pruned", cfg, model, {"rate": C.cumulative_rate(rho_w, it)})
+        if callback is not None:
+            callback(it, C.cumulative_rate(rho_w, it), model)
+    return model.eval()
+
+
+def prune_structured(teacher, teacher_key: str, method: str, data: dict, train: dict, rate: float = 0.7,
+                     image_size: int = 227, layers: list[str] | None = None, beta: float | None = None,
+                     p: float = 0.3, match_layers=("last_conv",), store: Store | None = None, device="auto",
+                     progress=True):
+    """One-shot l1 structured pruning (Li et al.) then fine-tuning with task loss + beta * matching."""
+    store = store or Store()
+    reg = matching_for(method, beta, p, match_layers)
+    model = copy.deepcopy(teacher).cpu()
+    counts = C.prune_l1_structured(model, rate, torch.zeros(1, 3, image_size, image_size), layers)
+    cfg = _key({"role": "structured", "teacher": teacher_key, "method": method, "match": reg.cfg.to_dict(),
+                "train": train, "rate": rate, "layers": layers})
+    info = store.load("structured", cfg, model)
+    if info is None:
+        frozen_teacher = copy.deepcopy(teacher).eval()
+        reg.check(model, frozen_teacher.cpu(), torch.zeros(1, 3, image_size, image_size))
+        r = fit(model, Compress(frozen_teacher, reg, kd=False), data["train"], TrainConfig(**train),
+                store.dir("structured", cfg) / "train.ckpt", device=device, progress=progress)
+        info = {"history": r.history}
+        store.save("structured", cfg, model, info)
+    info = dict(info, params_before=counts[0], params_after=counts[1], macs_before=counts[2], macs_after=counts[3])
+    return model.eval(), info
+
+
+def evaluate_models(models: dict, data: dict, teacher_name: str = "teacher", layer: str = "last_conv",
+                    device="auto", attr=None) -> tuple[pd.DataFrame, dict]:
+    """mAP, image-AP, F1, AUC, point accuracy for each model; cosine and l2 against ``teacher_name``."""
+    attr = attr or E.attribution_fn("gradcam", layer)
+    locs, rows = {}, []
+    for name, m in models.items():
+        locs[name] = E.localization(m, data["loc"], device, attr=attr)
+    for name, m in models.items():
+        row = {"model": name, "params": M.count_params(m, nonzero=True)}
+        row.update(E.prediction_metrics(m, data["val"], device))
+        row.update(locs[name].summary(strict=False))
+        if name != teacher_name:
+            row.update(E.similarity(locs[teacher_name], locs[name], strict=False))
+        rows.append(row)
+    return pd.DataFrame(rows), locs

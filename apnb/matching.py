@@ -1,0 +1,228 @@
+"""Attribution matching regularizers: the general Eq. (1)-(2) and its instances EWA, SWA, SSWA.
+
+Eq. (1): ``M = V(sum_c U_c T(A_c))``; Eq. (2): ``L = L_task + beta * sum_{j in I} || M_s/||M_s|| - M_t/||M_t|| ||^2``.
+
+=================  ==========================================  ==================================
+kind               maps                                        paper
+=================  ==========================================  ==================================
+``ewa``            ``mean_c A_c^2`` (U=1, T=square, V=id)      Eq. 3; = attention transfer
+``swa``            ``ReLU(sum_c u_c A_c)``, u = pooled dy_t/dA   Eq. 4-5 (Grad-CAM)
+``sswa``           as swa, ``U_c = R_c u_c``, R_c ~ Bern(1-p)  Eq. 6, masks i.i.d. per sample/channel
+``sswa_coded``     as swa, a fixed fraction p of the teacher's  the authors' code (not Eq. 6)
+                   channels zeroed, same for the whole batch
+``grad_at``        the input gradient of the task loss         Zagoruyko & Komodakis' gradient AT
+=================  ==========================================  ==================================
+
+**Reduction and the scale of beta.** With ``reduction="mean"`` (default) the squared difference of the
+normalised maps is averaged over batch x H x W elements, as the authors' ``cal_l2loss`` / attention
+transfer's ``at_loss`` do; the paper's beta (100 for EWA, 50 for SWA/SSWA, supplement C.2) assumes
+this. ``reduction="sum"`` sums over H x W per sample and averages over the batch: beta must then be
+divided by H*W to mean the same (beta 50 on 7x7 maps ~ beta 1 with ``sum``).
+
+Options (reviewers' questions, authors' code): several ``layers``; ``topk`` classes; ``relu=False``
+(V = identity); ``center_logits``; ``per_neuron`` (sum_c A * dA instead of pooled weights);
+``mask`` = ``teacher`` (Eq. 6: the teacher's importance weights are masked), ``both`` (the same mask
+on the student, needs equal channel counts) or ``independent`` (a separate draw for the student).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .gradcam import Tap, frozen, target_scores, weighted_maps
+from .models import ModelError, layer_alias
+
+KINDS = ("none", "ewa", "swa", "sswa", "sswa_coded", "grad_at")
+DEFAULT_BETA = {"none": 0.0, "ewa": 100.0, "swa": 50.0, "sswa": 50.0, "sswa_coded": 50.0, "grad_at": 50.0}
+
+
+def normalized_l2(ms: torch.Tensor, mt: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """``|| ms/||ms|| - mt/||mt|| ||^2`` per sample, reduced as the authors (``mean`` over B*HW) or ``sum``."""
+    d = (F.normalize(ms.flatten(1), dim=1) - F.normalize(mt.flatten(1), dim=1)).pow(2)
+    return d.mean() if reduction == "mean" else d.sum(1).mean()
+
+
+@dataclass
+class MatchingConfig:
+    kind: str = "none"
+    beta: float | None = None
+    layers: tuple = ("last_conv",)
+    p: float = 0.3
+    topk: int = 1
+    relu: bool = True
+    center_logits: bool = False
+    per_neuron: bool = False
+    mask: str = "teacher"
+    reduction: str = "mean"
+
+    def __post_init__(self):
+        if isinstance(self.layers, str):
+            self.layers = (self.layers,)
+        self.layers = tuple(self.layers)
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown matching kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if self.beta is None:
+            self.beta = DEFAULT_BETA[self.kind]
+        if not self.beta >= 0:
+            raise ValueError(f"beta={self.beta}: the regularizer weight must be >= 0")
+        if not 0.0 <= self.p < 1.0:
+            raise ValueError(f"p={self.p}: the SSWA drop probability must be in [0, 1)")
+        if self.topk < 1:
+            raise ValueError(f"topk={self.topk}: match at least the top-1 class")
+        if self.mask not in ("teacher", "both", "independent"):
+            raise ValueError(f"mask={self.mask!r}: use teacher, both or independent")
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction={self.reduction!r}: use mean (authors' scale) or sum")
+        if not self.layers:
+            raise ValueError("layers is empty: name at least one layer, e.g. last_conv")
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class AttributionMatching:
+    """The pluggable regularizer. One call runs the teacher and the student on a batch::
+
+        reg = AttributionMatching(kind="sswa", p=0.3)
+        reg.check(student, teacher, x[:1])            # clear errors before any long compute
+        s_logits, t_logits, match = reg(student, x, teacher, y)
+        loss = task_loss(s_logits, t_logits, y) + reg.beta * match
+
+    ``match`` is the un-weighted sum over layers of Eq. 2's term (averaged over the top-k classes).
+    Targets are the teacher's top-k logits. The teacher gets no gradient and no graph before the layer.
+    """
+
+    def __init__(self, cfg: MatchingConfig | None = None, generator: torch.Generator | None = None, **kw):
+        self.cfg = cfg if cfg is not None else MatchingConfig(**kw)
+        self.generator = generator
+        self.last_masks: list[torch.Tensor] = []
+
+    @property
+    def beta(self):
+        return self.cfg.beta
+
+    @property
+    def kind(self):
+        return self.cfg.kind
+
+    @property
+    def needs_teacher_maps(self):
+        return self.cfg.kind not in ("none",)
+
+    def check(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor):
+        """Resolve layers and verify map shapes on a tiny batch (eval mode, no grad); raises ModelError."""
+        if self.cfg.kind in ("none", "grad_at"):
+            return
+        if teacher is None:
+            raise ModelError(f"matching kind {self.cfg.kind!r} needs a teacher network")
+        shapes = {}
+        for name, net in (("student", student), ("teacher", teacher)):
+            for layer in self.cfg.layers:
+                layer_alias(net, layer)
+            was = net.training
+            net.eval()
+            try:
+                with torch.no_grad(), Tap(net, self.cfg.layers) as tap:
+                    net(x[:1])
+                shapes[name] = [tuple(tap.acts[n].shape) for n in tap.layers]
+            finally:
+                net.train(was)
+        for (s, t, layer) in zip(shapes["student"], shapes["teacher"], self.cfg.layers):
+            if s[2:] != t[2:]:
+                raise ModelError(f"layer {layer!r}: student map {s[2:]} and teacher map {t[2:]} differ in size; "
+                                 f"match layers of equal spatial resolution")
+            if self.cfg.mask == "both" and s[1] != t[1] and self.cfg.kind == "sswa":
+                raise ModelError(f"mask='both' shares SSWA masks but the student has {s[1]} channels and the "
+                                 f"teacher {t[1]} at {layer!r}; use mask='teacher' or 'independent'")
+
+    # -- masks ---------------------------------------------------------------------------------------
+    def _bernoulli(self, b, c, device):
+        keep = torch.rand(b, c, generator=self.generator, device="cpu") >= self.cfg.p
+        m = keep.to(device=device, dtype=torch.float32)
+        self.last_masks.append(m)
+        return m
+
+    def _coded(self, b, c, device):
+        n_drop = int(c * self.cfg.p)
+        perm = torch.randperm(c, generator=self.generator)[:n_drop]
+        m = torch.ones(c)
+        m[perm] = 0
+        m = m.to(device)[None].expand(b, c)
+        self.last_masks.append(m)
+        return m
+
+    # -- the regularizer --------------------------------------------------------------------------
+    def __call__(self, student: nn.Module, x: torch.Tensor, teacher: nn.Module | None = None,
+                 y: torch.Tensor | None = None, task_loss=None):
+        """Returns ``(student_logits, teacher_logits or None, match_loss)``."""
+        cfg = self.cfg
+        self.last_masks = []
+        zero = x.new_zeros(())
+        if cfg.kind == "none":
+            s_logits = student(x)
+            t_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+            return s_logits, t_logits, zero
+        if cfg.kind == "grad_at":
+            return self._grad_at(student, teacher, x, y, task_loss)
+
+        # teacher: graph cut at the layer, parameters frozen, no gradient for the teacher
+        with torch.enable_grad(), frozen(teacher), Tap(teacher, cfg.layers, detach=True) as tt:
+            t_logits = teacher(x)
+            t_acts = [tt.acts[n] for n in tt.layers]
+            target = t_logits.topk(cfg.topk, dim=1).indices  # [B,k]
+            t_grads = []
+            if cfg.kind != "ewa":
+                for k in range(cfg.topk):
+                    g = torch.autograd.grad(target_scores(t_logits, target[:, k], cfg.center_logits), t_acts,
+                                            retain_graph=k < cfg.topk - 1)
+                    t_grads.append([gi.detach() for gi in g])
+        t_acts = [a.detach() for a in t_acts]
+        t_logits = t_logits.detach()
+
+        with Tap(student, cfg.layers) as st:
+            s_logits = student(x)
+        s_acts = [st.acts[n] for n in st.layers]
+
+        if cfg.kind == "ewa":
+            loss = sum(normalized_l2(a_s.pow(2).mean(1), a_t.pow(2).mean(1), cfg.reduction)
+                       for a_s, a_t in zip(s_acts, t_acts))
+            return s_logits, t_logits, loss
+
+        loss = zero
+        for k in range(cfg.topk):
+            s_grads = torch.autograd.grad(target_scores(s_logits, target[:, k], cfg.center_logits), s_acts,
+                                          create_graph=True, retain_graph=True)
+            for a_s, g_s, a_t, g_t in zip(s_acts, s_grads, t_acts, t_grads[k]):
+                b, c_t = a_t.shape[:2]
+                tmask = smask = None
+                if cfg.kind == "sswa":
+                    tmask = self._bernoulli(b, c_t, a_t.device)
+                    if cfg.mask == "both":
+                        smask = tmask
+                    elif cfg.mask == "independent":
+                        smask = self._bernoulli(b, a_s.shape[1], a_s.device)
+                elif cfg.kind == "sswa_coded":
+                    tmask = self._coded(b, c_t, a_t.device)
+                m_t = weighted_maps(a_t, g_t, cfg.relu, cfg.per_neuron, tmask)
+                m_s = weighted_maps(a_s, g_s, cfg.relu, cfg.per_neuron, smask)
+                loss = loss + normalized_l2(m_s, m_t, cfg.reduction)
+        return s_logits, t_logits, loss / cfg.topk
+
+    def _grad_at(self, student, teacher, x, y, task_loss):
+        """Gradient-based attention transfer: match ``dL/dx`` of teacher and student (Zagoruyko & Komodakis)."""
+        if y is None or task_loss is None:
+            raise ValueError("grad_at needs labels y and the task loss function")
+        xt = x.detach().requires_grad_(True)
+        with torch.enable_grad(), frozen(teacher):
+            t_logits = teacher(xt)
+            j_t, = torch.autograd.grad(task_loss(t_logits, y), xt)
+        xs = x.detach().requires_grad_(True)
+        s_logits = student(xs)
+        j_s, = torch.autograd.grad(task_loss(s_logits, y), xs, create_graph=True)
+        return s_logits, t_logits.detach(), normalized_l2(j_s, j_t.detach(), self.cfg.reduction)

@@ -1,0 +1,168 @@
+"""Metrics of the paper (Sec. 4, supplement C.3), as batched tensor code.
+
+Prediction: per-class VOC mAP (all-point interpolated AP, VOC 2010+ devkit), the per-image AP average
+the authors' ``compute_mAP`` reports (labelled "image-AP"), sample-averaged F1 at the authors' decision
+rule (``logit > 0.5``), top-1 accuracy.
+
+Localization (maps vs. class masks): rank-based ROC-AUC with tie handling, void pixels excluded by
+default (the authors count them as negative: ``void="negative"``); the pointing game with a 0 or 15 px
+tolerance, first or any tied maximum, sample- or class-mean. The authors' accumulation bug in
+``pointacc_labels`` (later classes scored against the union of earlier masks) is *not* reproduced.
+
+Maps are upsampled to the mask resolution by bilinear interpolation (``align_corners=False``), masks
+are resized NEAREST: see :func:`upsample`.
+
+Similarity (C.3): ``cos = <Mt, Ms> / (||Mt|| ||Ms||)`` and ``l2 = || Ms/||Ms|| - Mt/||Mt|| ||_2`` per
+sample (so 0 <= l2 <= 2), averaged over the (image, class) pairs both networks predict correctly.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class MetricError(ValueError):
+    """Inputs that make a metric undefined; the message says what to change."""
+
+
+def upsample(maps: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear upsampling of ``[N,h,w]`` maps to ``size`` (the documented rule)."""
+    if maps.shape[-2:] == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(maps)
+
+
+# ---------------------------------------------------------------- prediction
+def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """All-point interpolated AP per column (VOC 2010+): area under the monotone precision envelope.
+
+    Columns without positives give NaN.
+    """
+    scores, labels = torch.as_tensor(scores).double(), torch.as_tensor(labels).double()
+    order = torch.sort(scores, dim=0, descending=True, stable=True).indices
+    t = labels.gather(0, order)
+    tp = t.cumsum(0)
+    fp = (1 - t).cumsum(0)
+    npos = t.sum(0)
+    rec = tp / npos.clamp_min(1)
+    prec = tp / (tp + fp)
+    # precision envelope: running max from the end
+    env = prec.flip(0).cummax(0).values.flip(0)
+    drec = torch.cat([rec[:1], rec[1:] - rec[:-1]], 0)
+    ap = (drec * env).sum(0)
+    return torch.where(npos > 0, ap, torch.full_like(ap, float("nan")))
+
+
+def voc_map(scores, labels) -> float:
+    """Standard per-class VOC mAP (mean over classes with at least one positive)."""
+    ap = average_precision(scores, labels)
+    return float(ap[~ap.isnan()].mean())
+
+
+def image_ap(scores, labels) -> float:
+    """The authors' "mAP": AP of each image's class ranking (sklearn), averaged over images."""
+    from sklearn.metrics import average_precision_score
+
+    s, y = np.asarray(scores), np.asarray(labels)
+    keep = y.sum(1) > 0
+    return float(np.mean([average_precision_score(y[i], s[i]) for i in np.nonzero(keep)[0]]))
+
+
+def f1_samples(logits, labels, threshold: float = 0.5) -> float:
+    """Sample-averaged F1 with the authors' rule ``logit > threshold`` (0.5 on the raw logit)."""
+    pred = (torch.as_tensor(logits) > threshold).double()
+    y = torch.as_tensor(labels).double()
+    tp = (pred * y).sum(1)
+    denom = pred.sum(1) + y.sum(1)
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.ones_like(tp))
+    return float(f1.mean())
+
+
+def top1(logits, labels) -> float:
+    return float((torch.as_tensor(logits).argmax(1) == torch.as_tensor(labels)).double().mean())
+
+
+# ---------------------------------------------------------------- localization
+def roc_auc(maps: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Rank-based ROC-AUC of each map's pixels against its binary mask: ``[N]``.
+
+    Equal to ``sklearn.metrics.roc_auc_score`` (ties get average ranks). ``valid`` marks the pixels that
+    count; excluded pixels are pushed to +inf so they take no part in any rank. Rows with no positive or
+    no negative pixel raise :class:`MetricError`.
+    """
+    s = maps.flatten(1).double()
+    y = masks.flatten(1).bool()
+    v = torch.ones_like(y) if valid is None else valid.flatten(1).bool()
+    if s.shape != y.shape or s.shape != v.shape:
+        raise MetricError(f"map {tuple(maps.shape)} and mask {tuple(masks.shape)} differ in shape: upsample the "
+                          f"maps to the mask size first (apnb.metrics.upsample)")
+    s = torch.where(v, s, torch.full_like(s, float("inf")))
+    pos = (y & v).sum(1).double()
+    neg = (~y & v).sum(1).double()
+    if bool(((pos == 0) | (neg == 0)).any()):
+        bad = int(((pos == 0) | (neg == 0)).nonzero()[0])
+        raise MetricError(f"row {bad}: the mask has {int(pos[bad])} positive and {int(neg[bad])} negative valid "
+                          f"pixels; ROC-AUC needs both (an all-void or empty mask cannot be scored)")
+    srt = s.sort(1).values.contiguous()
+    lo = torch.searchsorted(srt, s.contiguous(), right=False).double()
+    hi = torch.searchsorted(srt, s.contiguous(), right=True).double()
+    rank = (lo + hi + 1) / 2  # 1-based average rank among valid pixels
+    rank_pos = torch.where(y & v, rank, torch.zeros_like(rank)).sum(1)
+    return (rank_pos - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def pointing_hits(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0, ties: str = "first",
+                  valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Pointing game hits ``[N]`` bool: the map's maximum lies in the mask (Zhang et al.).
+
+    ``tolerance`` (px): a hit when the mask touches a disc of that radius around the maximum (TorchRay
+    uses 15). ``ties``: ``first`` = the first arg-max in row-major order (the authors), ``any`` = any
+    pixel tied for the maximum (Quantus). Void pixels (``valid`` False) never count as mask.
+    """
+    if maps.shape != masks.shape:
+        raise MetricError(f"map {tuple(maps.shape)} and mask {tuple(masks.shape)} differ in shape: upsample the "
+                          f"maps to the mask size first (apnb.metrics.upsample)")
+    if ties not in ("first", "any"):
+        raise ValueError(f"ties={ties!r}: use first or any")
+    m = masks.bool() if valid is None else masks.bool() & valid.bool()
+    if tolerance > 0:
+        r = int(tolerance)
+        yy, xx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
+        disc = ((yy ** 2 + xx ** 2) <= r * r).to(maps.device, torch.float32)
+        m = F.conv2d(m[:, None].float(), disc[None, None], padding=r)[:, 0] > 0
+    flat = maps.flatten(1)
+    if ties == "first":
+        idx = flat.argmax(1)
+        return m.flatten(1).gather(1, idx[:, None])[:, 0]
+    is_max = flat == flat.max(1, keepdim=True).values
+    return (is_max & m.flatten(1)).any(1)
+
+
+def pointing_accuracy(hits: torch.Tensor, classes: torch.Tensor | None = None, average: str = "sample") -> float:
+    """Mean of hits (``sample``) or the mean of per-class accuracies (``class``, as TorchRay)."""
+    hits = hits.double()
+    if average == "sample":
+        return float(hits.mean())
+    if average != "class" or classes is None:
+        raise ValueError("average='class' needs the class of each hit")
+    return float(torch.stack([hits[classes == c].mean() for c in classes.unique()]).mean())
+
+
+# ---------------------------------------------------------------- similarity
+def cosine(mt: torch.Tensor, ms: torch.Tensor) -> torch.Tensor:
+    """Per-sample cosine similarity of flattened maps (supplement C.3)."""
+    return F.cosine_similarity(mt.flatten(1).double(), ms.flatten(1).double(), dim=1, eps=1e-12)
+
+
+def normalized_l2(mt: torch.Tensor, ms: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``|| ms/||ms|| - mt/||mt|| ||_2`` (supplement C.3)."""
+    a = F.normalize(mt.flatten(1).double(), dim=1)
+    b = F.normalize(ms.flatten(1).double(), dim=1)
+    return (b - a).norm(dim=1)

@@ -1,0 +1,173 @@
+"""Networks of the paper: VGG16_bn with the VOC head, width-divided students, VGG-11, ResNet34.
+
+- ``vgg16_bn`` with the authors' VOC head: ``avgpool(7) -> Dropout -> Linear(512*7*7, K)`` (the authors
+  replace torchvision's 3-layer classifier by Dropout + Linear(25088, 20)). With K=20 this has
+  15,224,916 parameters, the paper's "15.22M".
+- Students VGG16/2, /4, /8: every channel width divided by 2, 4, 8 (``width_div``).
+- CPU-sized variants use the same code with ``width_div`` (e.g. 4 for the demo teacher), small inputs and
+  ``n_pools`` < 5 so that the last conv map stays 8x8 at 64 px; ``head_pool`` is the avgpool output size
+  (7 in the paper, 1 = global average pooling for small inputs).
+- All ReLUs are built with ``inplace=False`` so that a hooked activation is never overwritten.
+
+Layer names are module paths (``features.42``); :func:`layer_alias` resolves ``last_conv`` (the ReLU
+after the last conv, the paper's conv5_3) and ``last_pool`` (pool5, the authors' training layer).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torchvision.models import resnet34 as tv_resnet34
+from torchvision.models.vgg import VGG, cfgs
+
+VGG_CFG = {"vgg11_bn": cfgs["A"], "vgg16_bn": cfgs["D"]}
+TV_WEIGHTS = {"vgg16_bn": "vgg16_bn-6c64b313.pth", "vgg11_bn": "vgg11_bn-6002323d.pth",
+              "resnet34": "resnet34-b627a593.pth"}
+
+
+class ModelError(ValueError):
+    """A bad model specification or checkpoint."""
+
+
+def _vgg_features(cfg, width_div: int, n_pools: int) -> nn.Sequential:
+    pools_seen, layers, c_in = 0, [], 3
+    n_total = sum(1 for v in cfg if v == "M")
+    for v in cfg:
+        if v == "M":
+            pools_seen += 1
+            # drop the *last* (n_total - n_pools) pools for small inputs
+            if pools_seen <= n_pools or pools_seen == n_total:
+                layers.append(nn.MaxPool2d(2, 2) if pools_seen <= n_pools else nn.Identity())
+            continue
+        c = max(1, int(v) // width_div)
+        layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=False)]
+        c_in = c
+    return nn.Sequential(*layers)
+
+
+def vgg(arch="vgg16_bn", num_classes=20, width_div=1, n_pools=5, head_pool=7, dropout=0.5) -> VGG:
+    """torchvision VGG with BatchNorm, channel widths divided by ``width_div`` and the paper's VOC head."""
+    if arch not in VGG_CFG:
+        raise ModelError(f"unknown VGG arch {arch!r}: use one of {sorted(VGG_CFG)}")
+    if width_div < 1 or not 1 <= n_pools <= 5:
+        raise ModelError(f"width_div={width_div}, n_pools={n_pools}: need width_div >= 1 and 1 <= n_pools <= 5")
+    feats = _vgg_features(VGG_CFG[arch], width_div, n_pools)
+    m = VGG(feats, num_classes=num_classes, init_weights=True)
+    c_last = max(1, 512 // width_div)
+    m.avgpool = nn.AdaptiveAvgPool2d(head_pool)
+    m.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_last * head_pool * head_pool, num_classes))
+    nn.init.normal_(m.classifier[1].weight, 0, 0.01)
+    nn.init.zeros_(m.classifier[1].bias)
+    m.apnb_spec = dict(arch=arch, num_classes=num_classes, width_div=width_div, n_pools=n_pools,
+                       head_pool=head_pool, dropout=dropout)
+    return m
+
+
+def resnet34(num_classes=1000) -> nn.Module:
+    m = tv_resnet34(num_classes=num_classes)
+    for mod in m.modules():
+        if isinstance(mod, nn.ReLU):
+            mod.inplace = False
+    m.apnb_spec = dict(arch="resnet34", num_classes=num_classes)
+    return m
+
+
+def build(spec: dict) -> nn.Module:
+    """Build from a spec dict (``arch`` plus the keyword arguments of :func:`vgg` or :func:`resnet34`)."""
+    spec = dict(spec)
+    arch = spec.pop("arch", None)
+    if arch in VGG_CFG:
+        return vgg(arch, **spec)
+    if arch == "resnet34":
+        return resnet34(**spec)
+    raise ModelError(f"unknown arch {arch!r}: use vgg16_bn, vgg11_bn or resnet34")
+
+
+def torch_cache_weights(arch: str) -> Path:
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    return hub / TV_WEIGHTS[arch]
+
+
+def load_imagenet_weights(model: nn.Module, arch: str) -> nn.Module:
+    """Copy ImageNet-pretrained torchvision weights (from the local torch cache) into ``model``.
+
+    The classifier is left as initialised (the VOC head differs). Stops with a clear message when the
+    file is absent: never falls back silently to random initialisation.
+    """
+    if arch not in TV_WEIGHTS:
+        raise ModelError(f"no pretrained torchvision weights known for {arch!r}")
+    path = torch_cache_weights(arch)
+    if not path.exists():
+        raise ModelError(f"pretrained weights {path} not found: copy torchvision's {TV_WEIGHTS[arch]} into "
+                         f"the torch cache (TORCH_HOME/hub/checkpoints) or set pretrained: false in the profile")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    keep = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape and not k.startswith(("classifier", "fc."))}
+    if not any(k.startswith(("features", "layer")) for k in keep):
+        raise ModelError(f"weights {path} do not fit {arch} at this width: pretrained weights need width_div=1")
+    model.load_state_dict(keep, strict=False)
+    return model
+
+
+def layer_alias(model: nn.Module, name: str) -> str:
+    """Resolve ``last_conv`` / ``last_pool`` / ``conv5_3`` / ``pool5`` to a module path."""
+    names = dict(model.named_modules())
+    if name in names:
+        return name
+    feats = getattr(model, "features", None)
+    if isinstance(feats, nn.Sequential):
+        idx = list(range(len(feats)))
+        convs = [i for i in idx if isinstance(feats[i], nn.Conv2d)]
+        if name in ("last_conv", "conv5_3"):
+            after = [i for i in idx if i > convs[-1] and isinstance(feats[i], nn.ReLU)]
+            return f"features.{after[0]}"
+        if name in ("last_pool", "pool5"):
+            return f"features.{len(feats) - 1}"
+    elif hasattr(model, "layer4") and name in ("last_conv", "last_pool"):
+        return "layer4"
+    raise ModelError(f"unknown layer {name!r}: use a module path such as {list(names)[1:4]} or last_conv / last_pool")
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    return dict(model.named_modules())[layer_alias(model, name)]
+
+
+def count_params(model: nn.Module, nonzero: bool = False) -> int:
+    """Parameter count; with ``nonzero`` only non-zero weights (after pruning masks are applied)."""
+    if nonzero:
+        return int(sum((p != 0).sum().item() for p in _effective_params(model)))
+    return int(sum(p.numel() for p in _effective_params(model)))
+
+
+def _effective_params(model):
+    for mod in model.modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if name.endswith("_orig"):
+                yield getattr(mod, name[:-5])
+            else:
+                yield p
+
+
+def count_macs(model: nn.Module, image_size: int) -> int:
+    """Multiply-accumulates of one forward pass (conv and linear layers), via forward hooks."""
+    total = [0]
+
+    def hook(m, i, o):
+        if isinstance(m, nn.Conv2d):
+            total[0] += o.numel() // o.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total[0] += m.in_features * m.out_features
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    finally:
+        for h in hs:
+            h.remove()
+        model.train(was)
+    return total[0]
