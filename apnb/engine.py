@@ -137,7 +137,7 @@ def make_optimizer(model, cfg: TrainConfig, steps_per_epoch: int):
     elif cfg.schedule == "cosine":
         sch = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.epochs * steps_per_epoch))
     elif cfg.schedule == "onecycle":
-        sch = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch),
+        sch = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(8, cfg.epochs * steps_per_epoch),
                                                   pct_start=0.25)
     else:
         sch = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)

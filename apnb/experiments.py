@@ -159,18 +159,27 @@ def prune_structured(teacher, teacher_key: str, method: str, data: dict, train: 
     return model.eval(), info
 
 
+def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", attr=None,
+                   reference: E.LocResult | None = None) -> tuple[dict, E.LocResult]:
+    """One row of Tables 2-7: parameters, mAP, image-AP, F1, AUC, point accuracy (+ cos, l2 vs. ``reference``,
+    the teacher's :class:`~apnb.evaluate.LocResult`). Empty selections give NaN rather than an error."""
+    attr = attr or E.attribution_fn("gradcam", layer)
+    loc = E.localization(model, data["loc"], device, attr=attr)
+    row = {"params": M.count_params(model, nonzero=True)}
+    row.update(E.prediction_metrics(model, data["val"], device))
+    row.update(loc.summary(strict=False))
+    if reference is not None:
+        row.update(E.similarity(reference, loc, strict=False))
+    return row, loc
+
+
 def evaluate_models(models: dict, data: dict, teacher_name: str = "teacher", layer: str = "last_conv",
                     device="auto", attr=None) -> tuple[pd.DataFrame, dict]:
-    """mAP, image-AP, F1, AUC, point accuracy for each model; cosine and l2 against ``teacher_name``."""
-    attr = attr or E.attribution_fn("gradcam", layer)
-    locs, rows = {}, []
+    """:func:`evaluate_model` for each model, with cosine and l2 against ``teacher_name``."""
+    t_row, t_loc = evaluate_model(models[teacher_name], data, layer, device, attr)
+    rows, locs = [{"model": teacher_name, **t_row}], {teacher_name: t_loc}
     for name, m in models.items():
-        locs[name] = E.localization(m, data["loc"], device, attr=attr)
-    for name, m in models.items():
-        row = {"model": name, "params": M.count_params(m, nonzero=True)}
-        row.update(E.prediction_metrics(m, data["val"], device))
-        row.update(locs[name].summary(strict=False))
         if name != teacher_name:
-            row.update(E.similarity(locs[teacher_name], locs[name], strict=False))
-        rows.append(row)
+            row, locs[name] = evaluate_model(m, data, layer, device, attr, reference=t_loc)
+            rows.append({"model": name, **row})
     return pd.DataFrame(rows), locs

@@ -1,0 +1,65 @@
+"""Helpers the notebooks use to summarise seeds and state verdicts (mean, 95 % t-interval, paired tests)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
+    """Mean and half-width of the two-sided t confidence interval (NaN half-width for one value)."""
+    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
+    n = len(v)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    if n == 1:
+        return float(v[0]), float("nan"), 1
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
+    return float(v.mean()), float(half), n
+
+
+def summarize(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Mean and 95 % CI half-width of each metric over seeds, one row per group."""
+    rows = []
+    for key, g in df.groupby(by, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        for m in metrics:
+            mu, h, n = mean_ci(g[m])
+            row[m], row[m + "_ci"], row["n_seeds"] = mu, h, n
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fmt(mu: float, half: float, scale: float = 1.0, digits: int = 1) -> str:
+    if math.isnan(mu):
+        return "n/a"
+    if math.isnan(half):
+        return f"{mu * scale:.{digits}f}"
+    return f"{mu * scale:.{digits}f} ± {half * scale:.{digits}f}"
+
+
+def paired_diff(a, b) -> dict:
+    """Paired difference ``b - a`` over seeds: mean, 95 % CI half-width, paired t-test p-value."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    d = b - a
+    mu, half, n = mean_ci(d)
+    p = float(stats.ttest_rel(b, a).pvalue) if n >= 2 and np.std(d) > 0 else float("nan")
+    return {"diff": mu, "ci": half, "n": n, "p": p}
+
+
+def verdict(diff: dict, what: str, paper_sign: int = 1) -> str:
+    """One sentence: does a paired difference support the paper's direction, contradict it, or not resolve it?"""
+    mu, half, n = diff["diff"], diff["ci"], diff["n"]
+    if math.isnan(mu):
+        return f"{what}: no data."
+    if n < 2 or math.isnan(half):
+        return f"{what}: {mu:+.3f} from a single seed, so no interval; this run cannot settle it."
+    lo, hi = mu - half, mu + half
+    if paper_sign * lo > 0:
+        return f"{what}: {mu:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n={n}) — supports the paper's direction."
+    if paper_sign * hi < 0:
+        return f"{what}: {mu:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n={n}) — contradicts the paper's direction."
+    return f"{what}: {mu:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n={n}) — the interval includes 0: not resolved here."

@@ -1,0 +1,201 @@
+"""Execute notebooks with papermill at a profile, record their results, and build the book.
+
+- Profiles are YAML files ``profiles/<name>.yml``: ``defaults`` (applied to every notebook that declares the
+  parameter) and ``notebooks: {<stem>: {...}}`` (per-notebook values; an unknown key is an error).
+- ``run_notebook`` writes ``build/runs/<profile>/<stem>.ipynb`` plus ``<stem>.results.json`` (the run
+  record: rows logged by the notebook, parameters, seed, git commit, wall time). A stamp of the notebook
+  source, its parameters and the ``apnb`` sources lets a re-run skip unchanged notebooks.
+- ``build_book`` stages ``_config.yml``, ``_toc.yml``, ``book/`` and the executed notebooks into
+  ``build/book-<profile>/`` and runs ``jupyter-book build -W -n --keep-going`` with execution off.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from . import records
+from .config import atomic_path, atomic_write_text
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RunError(RuntimeError):
+    """A notebook failed or a profile is wrong; the message names the notebook and the fix."""
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("APNB_ROOT", ROOT))
+
+
+def toc_notebooks(root: Path | None = None) -> list[Path]:
+    """The experiment notebooks listed in ``_toc.yml`` (entries under ``notebooks/``), in book order."""
+    root = root or repo_root()
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            f = node.get("file")
+            if isinstance(f, str) and f.startswith("notebooks/"):
+                found.append(root / (f if f.endswith(".ipynb") else f + ".ipynb"))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(toc)
+    return found
+
+
+def load_profile(name: str, root: Path | None = None) -> dict:
+    root = root or repo_root()
+    p = root / "profiles" / f"{name}.yml"
+    if not p.exists():
+        avail = sorted(q.stem for q in (root / "profiles").glob("*.yml"))
+        raise RunError(f"profile {name!r} not found at {p}: available profiles are {', '.join(avail)}")
+    prof = yaml.safe_load(p.read_text()) or {}
+    prof.setdefault("defaults", {})
+    prof.setdefault("notebooks", {})
+    return prof
+
+
+def notebook_parameters(nb: Path) -> dict:
+    """Default parameters declared in the notebook's ``parameters`` cell."""
+    import papermill as pm
+
+    return {k: v["default"] for k, v in pm.inspect_notebook(str(nb)).items()}
+
+
+def params_for(nb: Path, profile: str, overrides: dict | None = None) -> dict:
+    prof = load_profile(profile)
+    declared = notebook_parameters(nb)
+    if not declared:
+        raise RunError(f"{nb} has no cell tagged 'parameters': add one holding the notebook's literals")
+    params = {k: v for k, v in prof["defaults"].items() if k in declared}
+    own = prof["notebooks"].get(nb.stem, {}) or {}
+    unknown = [k for k in {**own, **(overrides or {})} if k not in declared]
+    if unknown:
+        raise RunError(f"{nb.name}: parameters {unknown} are not in its parameters cell "
+                       f"(declared: {', '.join(sorted(declared))}); fix profiles/{profile}.yml or -p")
+    params.update(own)
+    params.update(overrides or {})
+    params["profile"] = profile if "profile" in declared else params.get("profile")
+    return {k: v for k, v in params.items() if k in declared}
+
+
+def source_hash(root: Path | None = None) -> str:
+    root = root or repo_root()
+    h = hashlib.sha256()
+    for p in sorted((root / "apnb").rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _stamp(nb: Path, params: dict) -> str:
+    h = hashlib.sha256(nb.read_bytes())
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    h.update(source_hash().encode())
+    return h.hexdigest()
+
+
+def runs_dir(profile: str) -> Path:
+    return repo_root() / "build" / "runs" / profile
+
+
+def run_notebook(nb: str | Path, profile: str = "demo", overrides: dict | None = None, force: bool = False,
+                 out_dir: Path | None = None, log=print) -> Path:
+    """Execute one notebook at ``profile`` into the runs folder; skip it when nothing it depends on changed."""
+    import papermill as pm
+
+    nb = Path(nb)
+    if not nb.is_absolute():
+        nb = (Path.cwd() / nb) if (Path.cwd() / nb).exists() else repo_root() / nb
+    if not nb.exists():
+        raise RunError(f"notebook {nb} does not exist: see `apnb run --list`")
+    params = params_for(nb, profile, overrides)
+    out_dir = out_dir or runs_dir(profile)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / nb.name
+    rec = out_dir / f"{nb.stem}.results.json"
+    stamp_file = out_dir / f"{nb.stem}.stamp"
+    stamp = _stamp(nb, params)
+    if not force and out.exists() and rec.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
+        log(f"apnb: {nb.name} [{profile}] unchanged, not re-run ({out})")
+        return out
+    log(f"apnb: running {nb.name} [{profile}] {json.dumps(params, default=str)[:200]}")
+    tmp_rec = out_dir / f".{nb.stem}.results.partial.json"
+    if tmp_rec.exists():
+        tmp_rec.unlink()
+    env_before = os.environ.get(records.ENV)
+    os.environ[records.ENV] = str(tmp_rec)
+    t0 = time.time()
+    try:
+        with atomic_path(out) as tmp_nb:
+            try:
+                pm.execute_notebook(str(nb), str(tmp_nb), parameters=params, kernel_name="python3",
+                                    cwd=str(repo_root()), progress_bar=False, request_save_on_cell_execute=False)
+            except pm.PapermillExecutionError as e:
+                failed = out_dir / f"{nb.stem}.failed.ipynb"
+                shutil.copy2(tmp_nb, failed)
+                raise RunError(f"{nb} failed at profile {profile!r} in cell {e.exec_count}: {e.ename}: {e.evalue} "
+                               f"(the executed notebook is kept at {failed})") from None
+            wall = time.time() - t0
+            records.finalize(tmp_rec, notebook=nb.name, profile=profile, parameters=params,
+                             seed=params.get("seed", params.get("seeds")), commit=records.git_commit(repo_root()),
+                             wall_time_s=round(wall, 1), python=sys.version.split()[0])
+            os.replace(tmp_rec, rec)
+    finally:
+        if env_before is None:
+            os.environ.pop(records.ENV, None)
+        else:
+            os.environ[records.ENV] = env_before
+    atomic_write_text(stamp_file, stamp)
+    (out_dir / f"{nb.stem}.failed.ipynb").unlink(missing_ok=True)
+    log(f"apnb: {nb.name} [{profile}] done in {wall:.0f}s -> {out}")
+    return out
+
+
+def run_all(profile: str = "demo", overrides: dict | None = None, force: bool = False) -> list[Path]:
+    return [run_notebook(nb, profile, overrides, force) for nb in toc_notebooks()]
+
+
+def build_book(profile: str = "demo", run: bool = True, force: bool = False) -> Path:
+    """Execute every notebook of the toc (unless ``run=False``), stage the book and build it strictly."""
+    root = repo_root()
+    if run:
+        run_all(profile, force=force)
+    runs = runs_dir(profile)
+    stage = root / "build" / f"book-{profile}"
+    if stage.exists():
+        for item in stage.iterdir():
+            if item.name != "_build":
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+    stage.mkdir(parents=True, exist_ok=True)
+    for f in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / f, stage / f)
+    shutil.copytree(root / "book", stage / "book")
+    (stage / "notebooks").mkdir()
+    for nb in toc_notebooks():
+        ex = runs / nb.name
+        if not ex.exists():
+            raise RunError(f"{ex} is missing: run `apnb run {nb.relative_to(root)} --profile {profile}` first")
+        shutil.copy2(ex, stage / "notebooks" / nb.name)
+    for extra in (root / "notebooks").glob("*.py"):
+        shutil.copy2(extra, stage / "notebooks" / extra.name)
+    jb = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(jb if jb.exists() else "jupyter-book"), "build", str(stage), "-W", "-n", "--keep-going"]
+    r = subprocess.run(cmd, cwd=root)
+    if r.returncode != 0:
+        raise RunError(f"jupyter-book build of {stage} failed (exit {r.returncode}): see the warnings above")
+    index = stage / "_build" / "html" / "index.html"
+    return index
