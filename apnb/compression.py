@@ -98,7 +98,8 @@ def prune_l1_structured(model: nn.Module, rate: float, example: torch.Tensor, la
 
     The result is a physically smaller network (BatchNorm, the next conv and the classifier are cut to
     match; residual connections in ResNet are handled by the dependency graph). Filters are ranked by
-    ``sum |W|`` per output channel within each layer. ``layers`` restricts pruning to those conv modules
+    ``sum |W|`` of each filter of that conv alone (``group_reduction="first"``, no normalisation: Li et al.),
+    not torch-pruning's default group-averaged score. ``layers`` restricts pruning to those conv modules
     (the authors prune conv1_1 and conv4_1-conv5_3 of VGG16); default all convs. The final classifier is
     never pruned. Returns ``(params_before, params_after, macs_before, macs_after)``.
     """
@@ -115,7 +116,7 @@ def prune_l1_structured(model: nn.Module, rate: float, example: torch.Tensor, la
         if unknown:
             raise ValueError(f"unknown conv layers {unknown}: choose among {list(convs)[:5]}...")
         ignored += [m for n, m in convs.items() if n not in layers]
-    pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
+    pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first"),
                                        pruning_ratio=rate, ignored_layers=ignored, global_pruning=False)
     pruner.step()
     macs1, params1 = tp.utils.count_ops_and_params(model, example)

@@ -170,6 +170,9 @@ def load_state(model: nn.Module, state: dict, pruned: list[str], where: str = "c
         raise ModelError(f"{where} does not fit this architecture ({detail}): build the model with the spec "
                          f"the checkpoint was saved with (ckpt['spec'])")
     model.load_state_dict(state)
+    for m in model.modules():  # recompute masked weights now, not at the next forward
+        if hasattr(m, "weight_mask"):
+            m.weight = m.weight_orig * m.weight_mask
 
 
 @dataclass

@@ -30,8 +30,9 @@ from .models import ModelError, get_module, layer_alias
 class Tap:
     """Capture the outputs of named modules during a forward pass; hooks removed on exit.
 
-    With ``detach=True`` each captured output is replaced by a detached leaf that requires grad: the graph
-    before the layer is not recorded, but gradients with respect to the activation can still be taken.
+    With ``detach=True`` the *first* captured output (in forward order) is replaced by a detached leaf that
+    requires grad: the graph before it is not recorded, but gradients with respect to every captured
+    activation can still be taken (later layers stay connected to the first).
     """
 
     def __init__(self, model: nn.Module, layers, detach: bool = False):
@@ -52,7 +53,7 @@ class Tap:
             if not torch.is_tensor(out) or out.dim() != 4:
                 raise ModelError(f"layer {name!r} outputs {tuple(out.shape) if torch.is_tensor(out) else type(out)}:"
                                  f" attribution matching needs a [B,C,H,W] feature map (pick a conv/pool layer)")
-            if self.detach:
+            if self.detach and not self.acts:
                 out = out.detach().requires_grad_(True)
             self.acts[name] = out
             return out

@@ -1,0 +1,24 @@
+import os
+import warnings
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+warnings.filterwarnings("ignore", message=".*non-writable.*")
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    from apnb.data import write_voc
+
+    return write_voc(tmp_path_factory.mktemp("synth"), classes=4, n_train=40, n_val=16, n_seg=12, n_pretrain=8,
+                     size=32, seed=3)
+
+
+@pytest.fixture
+def small_vgg():
+    from apnb.models import vgg
+
+    torch.manual_seed(0)
+    return vgg("vgg16_bn", num_classes=5, width_div=16, n_pools=2, head_pool=1)

@@ -1,0 +1,192 @@
+import hashlib
+import pickle
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from apnb.data import DataError, VOCClassification, VOCLocalization, write_voc
+from apnb.data.cifar import load_cifar
+from apnb.data.imagenet import GtSegsIJCV, ImageNetS
+from apnb.data.synthetic import write_imagenet_like
+
+pytestmark = pytest.mark.unit
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_deterministic_byte_identical(tmp_path):
+    kw = dict(classes=3, n_train=6, n_val=4, n_seg=3, n_pretrain=2, size=32, seed=7)
+    a = write_voc(tmp_path / "a", **kw)
+    b = write_voc(tmp_path / "b", **kw)
+    c = write_voc(tmp_path / "c", **{**kw, "seed": 8})
+    assert _digest(a) == _digest(b)
+    assert _digest(a) != _digest(c)
+
+
+def test_layout_and_split_files(synth_root):
+    for d in ["JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass"]:
+        assert (synth_root / d).is_dir()
+    train = (synth_root / "ImageSets/Main/train.txt").read_text().split()
+    flags = dict(ln.split() for ln in (synth_root / "ImageSets/Main/circle_train.txt").read_text().splitlines())
+    assert set(flags) == set(train) and set(flags.values()) <= {"1", "-1", "0"}
+    seg = (synth_root / "ImageSets/Segmentation/val.txt").read_text().split()
+    assert len(seg) == 12 and all((synth_root / "SegmentationClass" / f"{i}.png").exists() for i in seg)
+    assert Image.open(synth_root / "SegmentationClass" / f"{seg[0]}.png").mode == "P"
+
+
+def test_multihot_equals_xml(synth_root):
+    ds = VOCClassification(synth_root, "train", size=32)
+    for j, i in enumerate(ds.ids):
+        names = {o.findtext("name") for o in ET.parse(synth_root / "Annotations" / f"{i}.xml").getroot().iter("object")}
+        assert {ds.classes[c] for c in ds.labels[j].nonzero()[:, 0].tolist()} == names
+
+
+def test_masks_align_with_objects_and_void(synth_root):
+    classes = (synth_root / "apnb_classes.txt").read_text().split()
+    n_void = 0
+    for i in (synth_root / "ImageSets/Segmentation/val.txt").read_text().split():
+        m = np.array(Image.open(synth_root / "SegmentationClass" / f"{i}.png"))
+        objs = list(ET.parse(synth_root / "Annotations" / f"{i}.xml").getroot().iter("object"))
+        in_xml = {classes.index(o.findtext("name")) + 1 for o in objs}
+        in_mask = set(np.unique(m).tolist()) - {0, 255}
+        assert in_mask <= in_xml  # a fully occluded object can vanish from the mask, never the reverse
+        for o in objs:
+            c = classes.index(o.findtext("name")) + 1
+            b = o.find("bndbox")
+            x0, y0, x1, y1 = (int(b.findtext(k)) - 1 for k in ("xmin", "ymin", "xmax", "ymax"))
+            ys, xs = np.nonzero(m == c)
+            if len(ys) and len(objs) == 1:  # single object: class pixels lie inside its box
+                assert xs.min() >= x0 and xs.max() <= x1 and ys.min() >= y0 and ys.max() <= y1
+        # void band separates objects from the background: no class pixel touches background 4-neighbours
+        cls = (m > 0) & (m < 255)
+        bg = m == 0
+        assert not (cls[1:, :] & bg[:-1, :]).any() and not (cls[:, 1:] & bg[:, :-1]).any()
+        n_void += int((m == 255).sum())
+    assert n_void > 0
+
+
+def test_localization_loader(synth_root):
+    ds = VOCLocalization(synth_root, size=24)
+    x, y, m = ds[0]
+    assert x.shape == (3, 24, 24) and m.shape == (24, 24) and m.dtype == torch.uint8
+    assert set(m.unique().tolist()) <= {0, 255} | set(range(1, 5))
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_root_message(tmp_path):
+    with pytest.raises(DataError, match="apnb data synth"):
+        VOCClassification(tmp_path / "nowhere")
+
+
+def test_wrong_layout_message(tmp_path):
+    (tmp_path / "VOC2012").mkdir()
+    with pytest.raises(DataError, match="lacks Annotations"):
+        VOCClassification(tmp_path / "VOC2012")
+
+
+def test_split_lists_missing_files(synth_root, tmp_path):
+    root = _copy(synth_root, tmp_path / "VOC2012")
+    with open(root / "ImageSets/Main/train.txt", "a") as f:
+        f.write("ghost_1\nghost_2\n")
+    with pytest.raises(DataError, match="2 images listed.*ghost_1"):
+        VOCClassification(root, "train")
+
+
+def test_corrupt_image(synth_root, tmp_path):
+    root = _copy(synth_root, tmp_path / "VOC2012")
+    first = (root / "ImageSets/Main/train.txt").read_text().split()[0]
+    (root / "JPEGImages" / f"{first}.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError, match=f"corrupt or unreadable image .*{first}"):
+        VOCClassification(root, "train")
+
+
+def test_mask_size_mismatch(synth_root, tmp_path):
+    root = _copy(synth_root, tmp_path / "VOC2012")
+    first = (root / "ImageSets/Segmentation/val.txt").read_text().split()[0]
+    p = root / "SegmentationClass" / f"{first}.png"
+    im = Image.open(p)
+    im.resize((20, 20)).save(p)
+    with pytest.raises(DataError, match="mask .* is 20x20 but its image is 32x32"):
+        VOCLocalization(root)[0]
+
+
+def test_unknown_class(synth_root, tmp_path):
+    root = _copy(synth_root, tmp_path / "VOC2012")
+    first = (root / "ImageSets/Main/train.txt").read_text().split()[0]
+    x = root / "Annotations" / f"{first}.xml"
+    x.write_text(x.read_text().replace("<name>", "<name>zebra", 1))
+    with pytest.raises(DataError, match="unknown class 'zebra.*"):
+        VOCClassification(root, "train")
+
+
+def test_real_voc_count_warning(synth_root, tmp_path):
+    root = _copy(synth_root, tmp_path / "VOC2012")
+    (root / "apnb_classes.txt").unlink()  # now it looks like real VOC: 20 classes, count checked
+    for x in (root / "Annotations").glob("*.xml"):
+        t = x.read_text()
+        for k, v in {"circle": "cat", "square": "dog", "triangle": "bus", "cross": "cow"}.items():
+            t = t.replace(f"<name>{k}</name>", f"<name>{v}</name>")
+        x.write_text(t)
+    with pytest.warns(UserWarning, match="PASCAL VOC 2012 has 5717"):
+        ds = VOCClassification(root, "train")
+    assert ds.labels.shape[1] == 20
+
+
+def test_imagenet_s_layout(tmp_path):
+    root = write_imagenet_like(tmp_path, classes=5, n_train=10, n_val=8, size=32, seed=1)
+    val = ImageNetS(root, "validation", size=32)
+    x, c, m = val[0]
+    assert x.shape == (3, 32, 32) and 0 <= c < 5 and set(m.unique().tolist()) <= {0, 1, 255} and (m == 1).any()
+    assert isinstance(ImageNetS(root, "train", size=32)[0][1], int)
+
+
+def test_gtsegs_hdf5_fixture(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    p = tmp_path / "gtsegs_ijcv.mat"
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (3, 40, 30), dtype=np.uint8) for _ in range(2)]  # stored transposed (C,W,H)
+    gts = [(rng.random((40, 30)) > 0.5).astype(np.uint8) for _ in range(2)]  # (W,H)
+    with h5py.File(p, "w") as f:
+        ref_dt = h5py.special_dtype(ref=h5py.Reference)
+        img_refs = f.create_dataset("/value/img", (2, 1), dtype=ref_dt)
+        gt_refs = f.create_dataset("/value/gt", (2, 1), dtype=ref_dt)
+        for i in range(2):
+            d = f.create_dataset(f"/refs/img{i}", data=imgs[i])
+            img_refs[i, 0] = d.ref
+            g = f.create_dataset(f"/refs/gt{i}", data=gts[i])
+            inner = f.create_dataset(f"/refs/gtcell{i}", (1, 1), dtype=ref_dt)
+            inner[0, 0] = g.ref
+            gt_refs[i, 0] = inner.ref
+    ds = GtSegsIJCV(p, size=30)
+    assert len(ds) == 2
+    x, m = ds[1]
+    assert x.shape == (3, 30, 30) and m.shape == (30, 30)
+    with pytest.raises(DataError, match="does not exist"):
+        GtSegsIJCV(tmp_path / "missing.mat")
+
+
+def test_cifar_pickles(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 9]}, f)
+    tr = load_cifar(tmp_path, train=True)
+    assert tr.tensors[0].shape == (20, 3, 32, 32) and tr.tensors[1].tolist()[:4] == [0, 1, 2, 9]
+    with pytest.raises(DataError, match="missing"):
+        load_cifar(tmp_path, num_classes=100)

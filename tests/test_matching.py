@@ -1,0 +1,179 @@
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from apnb import models as M
+from apnb.gradcam import Tap, gradcam
+from apnb.matching import AttributionMatching, MatchingConfig, normalized_l2
+from apnb.models import ModelError
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("arch", ["vgg16_bn", "resnet34"])
+def test_gradcam_equals_captum(arch):
+    from captum.attr import LayerGradCam
+
+    torch.manual_seed(0)
+    model = M.vgg(arch, 7) if arch == "vgg16_bn" else M.resnet34(7)
+    model.eval()
+    x = torch.randn(3, 3, 64, 64)
+    target = torch.tensor([0, 3, 6])
+    layer_name = M.layer_alias(model, "last_conv")
+    ours, _ = gradcam(model, x, "last_conv", target)
+    ref = LayerGradCam(model, M.get_module(model, layer_name)).attribute(x, target=target, relu_attributions=True)
+    assert torch.allclose(ours, ref[:, 0], atol=1e-5, rtol=1e-4)
+
+
+def test_gradcam_leaves_model_unchanged(small_vgg):
+    small_vgg.train()
+    n_hooks = sum(len(m._forward_hooks) for m in small_vgg.modules())
+    flags = [p.requires_grad for p in small_vgg.parameters()]
+    gradcam(small_vgg, torch.randn(2, 3, 32, 32))
+    assert small_vgg.training
+    assert sum(len(m._forward_hooks) for m in small_vgg.modules()) == n_hooks
+    assert [p.requires_grad for p in small_vgg.parameters()] == flags
+    assert all(p.grad is None for p in small_vgg.parameters())
+
+
+def _pair(seed=0, double=False):
+    torch.manual_seed(seed)
+    t = M.vgg("vgg16_bn", 5, width_div=16, n_pools=2, head_pool=1).eval()
+    s = M.vgg("vgg16_bn", 5, width_div=32, n_pools=2, head_pool=1).eval()
+    if double:
+        t, s = t.double(), s.double()
+    return t, s
+
+
+def test_ewa_equals_attention_transfer():
+    t, s = _pair()
+    x = torch.randn(4, 3, 32, 32)
+    reg = AttributionMatching(kind="ewa")
+    _, _, loss = reg(s, x, t)
+    with Tap(t, "last_conv") as tt, Tap(s, "last_conv") as ts:
+        t(x), s(x)
+    at = lambda a: F.normalize(a.pow(2).mean(1).view(a.size(0), -1))  # szagoruyko/attention-transfer utils.at
+    ref = (at(ts.acts[ts.layers[0]]) - at(tt.acts[tt.layers[0]])).pow(2).mean()
+    assert torch.allclose(loss, ref, atol=1e-7)
+
+
+def test_swa_map_is_gradcam():
+    t, s = _pair()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        target = t(x).argmax(1)
+    ms, _ = gradcam(s, x, "last_conv", target)
+    mt, _ = gradcam(t, x, "last_conv", target)
+    _, _, loss = AttributionMatching(kind="swa")(s, x, t)
+    assert torch.allclose(loss, normalized_l2(ms, mt), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["swa", "sswa", "ewa"])
+def test_gradient_matches_finite_differences(kind):
+    t, s = _pair(1, double=True)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    params = [p for p in s.parameters()]
+    w = s.features[0].weight  # check one parameter tensor fully, by central differences
+    def loss_fn():
+        reg = AttributionMatching(kind=kind, p=0.4, generator=torch.Generator().manual_seed(5))
+        return reg(s, x, t)[2]
+    loss = loss_fn()
+    g, = torch.autograd.grad(loss, w)
+    eps = 1e-6
+    idx = [(0, 0, 0, 0), (0, 1, 1, 2), (1, 2, 2, 1)]
+    for i in idx:
+        with torch.no_grad():
+            w[i] += eps
+        up = loss_fn().item()
+        with torch.no_grad():
+            w[i] -= 2 * eps
+        down = loss_fn().item()
+        with torch.no_grad():
+            w[i] += eps
+        fd = (up - down) / (2 * eps)
+        assert abs(fd - g[i].item()) <= 1e-5 * max(1.0, abs(fd)), (kind, i, fd, g[i].item())
+
+
+def test_sswa_p0_equals_swa_and_drop_rate():
+    t, s = _pair()
+    x = torch.randn(4, 3, 32, 32)
+    a = AttributionMatching(kind="swa")(s, x, t)[2]
+    b = AttributionMatching(kind="sswa", p=0.0)(s, x, t)[2]
+    assert torch.allclose(a, b, atol=1e-7)
+    reg = AttributionMatching(kind="sswa", p=0.3, generator=torch.Generator().manual_seed(0))
+    drops = []
+    for _ in range(20):
+        reg(s, x, t)
+        drops.append(1 - reg.last_masks[0].mean().item())
+    assert abs(sum(drops) / len(drops) - 0.3) < 0.03
+    # i.i.d. per sample: rows differ
+    assert not torch.equal(reg.last_masks[0][0], reg.last_masks[0][1])
+
+
+def test_coded_variant_same_mask_for_batch():
+    t, s = _pair()
+    reg = AttributionMatching(kind="sswa_coded", p=0.25)
+    reg(s, torch.randn(3, 3, 32, 32), t)
+    m = reg.last_masks[0]
+    assert torch.equal(m[0], m[2]) and int((m[0] == 0).sum()) == int(m.shape[1] * 0.25)
+
+
+@pytest.mark.parametrize("kind", ["ewa", "swa", "sswa"])
+def test_zero_loss_when_student_is_teacher(kind):
+    t, _ = _pair()
+    s = copy.deepcopy(t)
+    _, _, loss = AttributionMatching(kind=kind, p=0.3, mask="both")(s, torch.randn(3, 3, 32, 32), t)
+    assert loss.item() < 1e-10
+
+
+def test_teacher_gets_no_gradient_and_hooks_removed():
+    t, s = _pair()
+    t.train()
+    s.train()
+    reg = AttributionMatching(kind="sswa", topk=2, center_logits=True)
+    s_logits, t_logits, loss = reg(s, torch.randn(3, 3, 32, 32), t)
+    (loss + s_logits.sum()).backward()
+    assert all(p.grad is None for p in t.parameters())
+    assert all(p.requires_grad for p in t.parameters())
+    assert any(p.grad is not None for p in s.parameters())
+    assert t.training and s.training
+    assert sum(len(m._forward_hooks) for m in list(t.modules()) + list(s.modules())) == 0
+
+
+@pytest.mark.parametrize("opts", [dict(per_neuron=True), dict(relu=False), dict(layers=("last_conv", "features.20")),
+                                  dict(reduction="sum"), dict(mask="independent")])
+def test_options_run(opts):
+    t, s = _pair()
+    kind = "sswa" if "mask" in opts else "swa"
+    _, _, loss = AttributionMatching(kind=kind, **opts)(s, torch.randn(2, 3, 32, 32), t)
+    assert torch.isfinite(loss) and loss > 0
+
+
+def test_grad_at():
+    t, s = _pair()
+    y = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0]], dtype=torch.float32)
+    _, _, loss = AttributionMatching(kind="grad_at")(s, torch.randn(2, 3, 32, 32), t, y,
+                                                      F.multilabel_soft_margin_loss)
+    loss.backward()
+    assert all(p.grad is None for p in t.parameters())
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(kind="sswa", p=1.0), "drop probability"), (dict(kind="swa", beta=-1), "beta"),
+                                    (dict(kind="xyz"), "unknown matching kind"), (dict(kind="swa", topk=0), "top-1")])
+def test_bad_parameters(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        MatchingConfig(**kw)
+
+
+def test_unknown_layer_and_flat_layer():
+    t, s = _pair()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ModelError, match="unknown layer 'conv99'"):
+        AttributionMatching(kind="swa", layers=("conv99",)).check(s, t, x)
+    with pytest.raises(ModelError, match="needs a \\[B,C,H,W\\] feature map"):
+        AttributionMatching(kind="swa", layers=("classifier.1",)).check(s, t, x)
+    with pytest.raises(ModelError, match="mask='both'"):
+        AttributionMatching(kind="sswa", mask="both").check(s, t, x)

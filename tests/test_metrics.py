@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from apnb import metrics as Mt
+
+pytestmark = pytest.mark.unit
+
+
+def test_auc_equals_sklearn_random_and_ties():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(20, 15, 15, generator=g)
+    maps[10:] = (maps[10:] * 4).round() / 4  # heavy ties
+    masks = torch.rand(20, 15, 15, generator=g) > 0.7
+    ours = Mt.roc_auc(maps, masks)
+    ref = [roc_auc_score(masks[i].flatten().numpy(), maps[i].flatten().numpy()) for i in range(20)]
+    assert np.allclose(ours.numpy(), ref, atol=1e-6)
+
+
+def test_auc_excludes_void_pixels():
+    g = torch.Generator().manual_seed(1)
+    maps = torch.rand(5, 12, 12, generator=g)
+    masks = torch.rand(5, 12, 12, generator=g) > 0.6
+    valid = torch.rand(5, 12, 12, generator=g) > 0.2
+    ours = Mt.roc_auc(maps, masks, valid)
+    for i in range(5):
+        v = valid[i].flatten().numpy()
+        ref = roc_auc_score(masks[i].flatten().numpy()[v], maps[i].flatten().numpy()[v])
+        assert abs(ours[i].item() - ref) < 1e-6
+
+
+def test_auc_bad_input():
+    with pytest.raises(Mt.MetricError, match="differ in shape"):
+        Mt.roc_auc(torch.rand(1, 4, 4), torch.ones(1, 5, 5, dtype=torch.bool))
+    m = torch.zeros(1, 4, 4, dtype=torch.bool)
+    m[0, 0, 0] = True
+    with pytest.raises(Mt.MetricError, match="all-void"):
+        Mt.roc_auc(torch.rand(1, 4, 4), m, valid=torch.zeros(1, 4, 4, dtype=torch.bool))
+
+
+def test_pointing_game_hand_cases():
+    maps = torch.zeros(3, 5, 5)
+    masks = torch.zeros(3, 5, 5, dtype=torch.bool)
+    maps[0, 1, 1] = 1; masks[0, 1, 1] = True                    # hit
+    maps[1, 4, 4] = 1; masks[1, 0, 0] = True                    # miss
+    maps[2, 0, 0] = 1; maps[2, 3, 3] = 1; masks[2, 3, 3] = True  # tie: first max misses, any max hits
+    assert Mt.pointing_hits(maps, masks).tolist() == [True, False, False]
+    assert Mt.pointing_hits(maps, masks, ties="any").tolist() == [True, False, True]
+    # tolerance: a 2-px disc around (4,4) reaches (2,4) but not (0,0)
+    masks2 = masks.clone(); masks2[1, 2, 4] = True
+    assert Mt.pointing_hits(maps[1:2], masks2[1:2], tolerance=2).tolist() == [True]
+    assert Mt.pointing_hits(maps[1:2], masks[1:2], tolerance=2).tolist() == [False]
+    # void pixels never count as the mask
+    assert Mt.pointing_hits(maps[:1], masks[:1], valid=~masks[:1]).tolist() == [False]
+
+
+def test_pointing_multiclass_and_class_mean():
+    # one image, two classes: each class scored against its own mask (no accumulation across classes)
+    cls_map = torch.tensor([[1, 1, 0], [0, 2, 2], [0, 0, 0]])
+    maps = torch.stack([torch.tensor([[0, 0, 0], [0, 1.0, 0], [0, 0, 0]])] * 2)  # max on a class-2 pixel
+    masks = torch.stack([cls_map == 1, cls_map == 2])
+    hits = Mt.pointing_hits(maps, masks)
+    assert hits.tolist() == [False, True]
+    assert Mt.pointing_accuracy(torch.tensor([True, True, False, True]), torch.tensor([0, 0, 0, 1]), "class") == \
+        pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_ap_map_and_f1():
+    g = np.random.default_rng(0)
+    y = (g.random((50, 6)) > 0.6).astype(int)
+    s = y * 0.5 + g.random((50, 6))
+    ours = Mt.average_precision(torch.tensor(s), torch.tensor(y)).numpy()
+    ref = np.array([average_precision_score(y[:, c], s[:, c]) for c in range(6)])
+    assert np.all(ours >= ref - 1e-9)  # the interpolated envelope is never below sklearn's step AP
+    # when precision is monotone the two agree exactly
+    y1, s1 = np.array([1, 1, 0, 1, 0, 0]), np.array([.9, .8, .7, .6, .5, .4])
+    hand = (1 + 1 + 3 / 4) / 3  # precision at each positive: 1, 1, 3/4
+    assert Mt.average_precision(torch.tensor(s1)[:, None], torch.tensor(y1)[:, None]).item() == pytest.approx(hand)
+    assert Mt.f1_samples(torch.tensor(s), torch.tensor(y), 0.5) == pytest.approx(
+        f1_score(y, s > 0.5, average="samples", zero_division=1.0))
+
+
+def test_similarity():
+    a = torch.rand(4, 6, 6)
+    assert torch.allclose(Mt.cosine(a, 3 * a), torch.ones(4, dtype=torch.float64))
+    assert torch.allclose(Mt.normalized_l2(a, 2 * a), torch.zeros(4, dtype=torch.float64), atol=1e-7)
+    b = torch.zeros(1, 2, 1); b[0, 0] = 1
+    c = torch.zeros(1, 2, 1); c[0, 1] = 1
+    assert Mt.normalized_l2(b, c).item() == pytest.approx(2 ** 0.5)

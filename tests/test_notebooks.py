@@ -1,0 +1,90 @@
+"""Tier 2 and 3: every notebook of the book at the smoke profile, its run record, and the smoke book build."""
+import json
+import math
+
+import nbformat
+import pytest
+
+from apnb import records, runner
+
+NOTEBOOKS = runner.toc_notebooks()
+ALL_SOURCES = sorted((runner.repo_root() / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("nb", ALL_SOURCES, ids=lambda p: p.stem)
+def test_sources_have_no_outputs_and_one_literal_parameters_cell(nb):
+    import ast
+
+    book = nbformat.read(nb, 4)
+    for c in book.cells:
+        if c.cell_type == "code":
+            assert not c.outputs and c.execution_count is None, f"{nb.name} has stored outputs"
+    params = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, f"{nb.name} needs exactly one cell tagged parameters"
+    for node in ast.parse(params[0].source).body:
+        assert isinstance(node, ast.Assign), f"{nb.name}: the parameters cell holds assignments only"
+        ast.literal_eval(node.value)  # literals only: raises on derived values
+
+
+@pytest.mark.unit
+def test_every_notebook_is_in_the_toc():
+    assert sorted(NOTEBOOKS) == ALL_SOURCES
+
+
+@pytest.fixture(scope="session")
+def smoke_runs():
+    out = {}
+    for nb in NOTEBOOKS:
+        runner.run_notebook(nb, "smoke")
+        out[nb.stem] = records.load(runner.runs_dir("smoke") / f"{nb.stem}.results.json")
+    return out
+
+
+def _finite(v):
+    return v is None or (isinstance(v, (int, float)) and not math.isnan(v)) or isinstance(v, str)
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_and_records(nb, smoke_runs):
+    rec = smoke_runs[nb.stem]
+    for key in ("notebook", "profile", "parameters", "commit", "wall_time_s", "rows"):
+        assert key in rec, f"{nb.name} record lacks {key}"
+    assert rec["profile"] == "smoke" and rec["rows"]
+    executed = nbformat.read(runner.runs_dir("smoke") / nb.name, 4)
+    for c in executed.cells:
+        for o in c.get("outputs", []):
+            assert o.get("output_type") != "error", f"{nb.name}: error output"
+    for r in rec["rows"]:
+        assert _finite(r["value"]), r
+        m = r["metric"]
+        if m in ("mAP", "F1", "AUC", "point_acc", "image_AP", "point_acc_15px") and r["value"] is not None:
+            assert 0.0 <= r["value"] <= 1.0, r
+        if m == "cos" and r["value"] is not None:
+            assert -1.0 <= r["value"] <= 1.0 + 1e-9
+        if m == "l2" and r["value"] is not None:
+            assert 0.0 <= r["value"] <= 2.0 + 1e-9
+
+
+@pytest.mark.notebooks
+def test_distillation_record_structure(smoke_runs):
+    rec = smoke_runs.get("01_voc_distillation")
+    if rec is None:
+        pytest.skip("not in the toc")
+    p = rec["parameters"]
+    rows = [r for r in rec["rows"] if r["table"] == "table2" and r["metric"] == "AUC"]
+    assert len(rows) == len(p["student_divs"]) * len(p["methods"])  # one row per (student, method)
+    teacher = [r for r in rec["rows"] if r["table"] == "teacher" and r["metric"] == "AUC"]
+    assert len(teacher) == 1  # the teacher's AUC is reported once
+    runs = {(r["student"], r["method"], r["seed"]) for r in rec["rows"] if r["table"] == "runs"}
+    main = [s for s in runs if s[0] == f"VGG16/{p['main_div']}"]
+    assert len(main) == len(p["methods"]) * len(p["seeds"])
+
+
+@pytest.mark.book
+def test_smoke_book_builds_without_warnings(smoke_runs):
+    index = runner.build_book("smoke", run=False)
+    assert index.exists()
+    html = (index.parent / "notebooks" / "01_voc_distillation.html").read_text()
+    assert "Traceback" not in html
