@@ -42,7 +42,13 @@ def voc_data(data_root: str, synth: dict | None, image_size: int, augment: bool 
          "loc": VOCLocalization(root, "val", size=image_size, limit=limit)}
     if (root / "ImageSets/Main/pretrain.txt").exists():
         d["pretrain"] = VOCClassification(root, "pretrain", augment=augment, crop_scale=crop_scale, **kw)
+    if (root / "ImageSets/Main/val_nocue.txt").exists():
+        d["val_nocue"] = VOCClassification(root, "val_nocue", **kw)
+        d["loc_nocue"] = VOCLocalization(root, "val_nocue", size=image_size, limit=limit)
     d["classes"] = d["train"].classes
+    stamp = root / "apnb_synth.json"
+    # identifies the data in store keys: the generator's parameters, or the real dataset's path and size
+    d["id"] = json.loads(stamp.read_text()) if stamp.exists() else {"root": str(root), "n_train": len(d["train"])}
     return d
 
 
@@ -60,7 +66,7 @@ def get_teacher(spec: dict, data: dict, train: dict, pretrain: dict | None = Non
     """
     store = store or Store()
     cfg = _key({"role": "teacher", "spec": spec, "train": train, "pretrain": pretrain, "pretrained": pretrained,
-                "data": str(data["root"]), "n_train": len(data["train"])})
+                "data": data["id"]})
     model = M.build(spec)
     info = store.load("teacher", cfg, model)
     if info is not None:
@@ -162,11 +168,16 @@ def prune_structured(teacher, teacher_key: str, method: str, data: dict, train: 
 def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", attr=None,
                    reference: E.LocResult | None = None) -> tuple[dict, E.LocResult]:
     """One row of Tables 2-7: parameters, mAP, image-AP, F1, AUC, point accuracy (+ cos, l2 vs. ``reference``,
-    the teacher's :class:`~apnb.evaluate.LocResult`). Empty selections give NaN rather than an error."""
+    the teacher's :class:`~apnb.evaluate.LocResult`). Empty selections give NaN rather than an error.
+
+    On the synthetic benchmark ``mAP_nocue`` is the mAP on the same val images re-rendered without the
+    context cue: the gap ``mAP - mAP_nocue`` measures how much the network relies on the shortcut."""
     attr = attr or E.attribution_fn("gradcam", layer)
     loc = E.localization(model, data["loc"], device, attr=attr)
     row = {"params": M.count_params(model, nonzero=True)}
     row.update(E.prediction_metrics(model, data["val"], device))
+    if "val_nocue" in data:  # the same val images without their context cue: reliance on the shortcut
+        row["mAP_nocue"] = E.prediction_metrics(model, data["val_nocue"], device)["mAP"]
     row.update(loc.summary(strict=False))
     if reference is not None:
         row.update(E.similarity(reference, loc, strict=False))
@@ -183,3 +194,13 @@ def evaluate_models(models: dict, data: dict, teacher_name: str = "teacher", lay
             row, locs[name] = evaluate_model(m, data, layer, device, attr, reference=t_loc)
             rows.append({"model": name, **row})
     return pd.DataFrame(rows), locs
+
+
+def voc_setup(data_root, synth, image_size, teacher_spec, teacher_train, teacher_pretrain=None, pretrained=False,
+              eval_layer="last_conv", device="auto"):
+    """Data, the (stored) teacher and its evaluation row: the first step of every VOC notebook."""
+    data = voc_data(data_root, synth, image_size)
+    spec = dict(teacher_spec, num_classes=len(data["classes"]))
+    teacher, info = get_teacher(spec, data, teacher_train, teacher_pretrain, pretrained, device=device)
+    row, loc = evaluate_model(teacher, data, eval_layer, device)
+    return data, teacher, info, row, loc

@@ -63,3 +63,11 @@ def verdict(diff: dict, what: str, paper_sign: int = 1) -> str:
     if paper_sign * hi < 0:
         return f"{what}: {mu:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n={n}) — contradicts the paper's direction."
     return f"{what}: {mu:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n={n}) — the interval includes 0: not resolved here."
+
+
+def paired_by_seed(df: pd.DataFrame, metric: str, a: str, b: str, col: str = "method") -> dict:
+    """:func:`paired_diff` of ``metric`` between rows ``col == a`` and ``col == b``, paired on ``seed``."""
+    A = df[df[col] == a].set_index("seed")[metric]
+    B = df[df[col] == b].set_index("seed")[metric]
+    common = A.index.intersection(B.index)
+    return paired_diff(A.loc[common].values, B.loc[common].values)

@@ -15,6 +15,9 @@ Design (see the book's "Synthetic benchmark" page):
   ImageNet: the teacher is pretrained there, then fine-tuned on the cued ``train`` split.
 - Objects whose visible area is under 25 % of their drawn area are marked ``difficult``.
 
+``cue_free_copy`` re-renders a split with the same seed and no cue: identical objects and clutter, no
+grating, to measure how much a network relies on the cue.
+
 Everything is a function of ``seed``: re-running with the same arguments gives byte-identical files.
 """
 from __future__ import annotations
@@ -63,6 +66,7 @@ class SynthConfig:
     max_objects: int = 3
     clutter: int = 12
     jpeg_quality: int = 95
+    version: int = 2  # of the renderer: bump when the drawing changes, so stale data is regenerated
 
     def validate(self, mode: str = "voc"):
         if not 2 <= self.classes <= len(SHAPES):
@@ -147,13 +151,16 @@ def render(rng: np.random.Generator, cfg: SynthConfig, context_bias: float, sing
         n = int(rng.integers(1, cfg.max_objects + 1))
         present = [int(c) for c in rng.integers(0, K, n)]
     # context cue: oriented grating per present class, behind the objects
+    # cue parameters are drawn whether or not the cue is shown, so that the same seed with context_bias=0
+    # renders the same image without its cue (a counterfactual for measuring reliance on the cue)
     for c in sorted(set(present)):
-        if rng.random() < context_bias:
-            ang = np.pi * c / K
-            phase = rng.uniform(0, 2 * np.pi)
+        show = rng.random() < context_bias
+        ang = np.pi * c / K
+        phase = rng.uniform(0, 2 * np.pi)
+        h, w = rng.integers(S // 2, S + 1, 2)
+        y0, x0 = rng.integers(0, S - h + 1), rng.integers(0, S - w + 1)
+        if show:
             grating = np.sin(2 * np.pi * (np.cos(ang) * xx + np.sin(ang) * yy) / cfg.cue_period + phase)
-            h, w = rng.integers(S // 2, S + 1, 2)
-            y0, x0 = rng.integers(0, S - h + 1), rng.integers(0, S - w + 1)
             box = np.zeros((S, S), bool)
             box[y0:y0 + h, x0:x0 + w] = True
             img += (cfg.cue_amplitude * grating * box)[..., None]
@@ -238,7 +245,8 @@ def write_voc(out: str | Path, cfg: SynthConfig | None = None, **kw) -> Path:
     """Write the VOC-format tree under ``out/VOCdevkit/VOC2012`` and return that root.
 
     Splits: ``pretrain`` (cue-free, stands in for ImageNet), ``train`` and ``val`` (cued with
-    ``context_bias``); the first ``n_seg`` val images are listed in ``ImageSets/Segmentation/val.txt``.
+    ``context_bias``) and ``val_nocue`` (the val images re-rendered without their cue); the first ``n_seg``
+    of val / val_nocue are listed in ``ImageSets/Segmentation/{val,val_nocue}.txt``.
     """
     cfg = cfg or SynthConfig(**kw)
     cfg.validate()
@@ -249,20 +257,21 @@ def write_voc(out: str | Path, cfg: SynthConfig | None = None, **kw) -> Path:
         (root / d).mkdir(parents=True, exist_ok=True)
     names = class_names(cfg.classes)
     pal = voc_palette()
-    splits = {"pretrain": (cfg.n_pretrain, 0.0), "train": (cfg.n_train, cfg.context_bias),
-              "val": (cfg.n_val, cfg.context_bias)}
+    # split: (count, context bias, random stream, file prefix); val_nocue re-renders val without its cue
+    splits = {"pretrain": (cfg.n_pretrain, 0.0, 0, 0), "train": (cfg.n_train, cfg.context_bias, 1, 1),
+              "val": (cfg.n_val, cfg.context_bias, 2, 2), "val_nocue": (cfg.n_val, 0.0, 2, 3)}
     ids: dict[str, list[str]] = {}
     labels: dict[str, list[dict]] = {}
-    for si, (split, (n, q)) in enumerate(splits.items()):
+    for split, (n, q, stream, prefix) in splits.items():
         ids[split], labels[split] = [], []
         for i in range(n):
             # one independent stream per image: deterministic and order-free
-            rng = np.random.default_rng([cfg.seed, si, i])
-            name = f"{2012}_{si}{i:06d}"
+            rng = np.random.default_rng([cfg.seed, stream, i])
+            name = f"{2012}_{prefix}{i:06d}"
             img, cls_map, objects = render(rng, cfg, q)
             Image.fromarray(img).save(root / "JPEGImages" / f"{name}.jpg", quality=cfg.jpeg_quality)
             (root / "Annotations" / f"{name}.xml").write_text(_xml(name, cfg.size, objects, names))
-            if split == "val" and i < cfg.n_seg:
+            if split.startswith("val") and i < cfg.n_seg:
                 _save_png_palette(root / "SegmentationClass" / f"{name}.png", cls_map, pal)
             ids[split].append(name)
             flags = {}
@@ -273,7 +282,8 @@ def write_voc(out: str | Path, cfg: SynthConfig | None = None, **kw) -> Path:
         for c, cname in enumerate(names):
             lines = "".join(f"{x} {labels[split][j].get(c, -1):2d}\n" for j, x in enumerate(ids[split]))
             (root / "ImageSets/Main" / f"{cname}_{split}.txt").write_text(lines)
-    (root / "ImageSets/Segmentation/val.txt").write_text("".join(f"{x}\n" for x in ids["val"][:cfg.n_seg]))
+    for split in ("val", "val_nocue"):
+        (root / f"ImageSets/Segmentation/{split}.txt").write_text("".join(f"{x}\n" for x in ids[split][:cfg.n_seg]))
     (root / "apnb_classes.txt").write_text("".join(f"{c}\n" for c in names))
     (root / "apnb_synth.json").write_text(json.dumps(asdict(cfg), indent=1, sort_keys=True) + "\n")
     return root
