@@ -1,0 +1,72 @@
+import json
+
+import nbformat
+import pytest
+
+from apnb import cli, records, runner
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def mini_repo(tmp_path, monkeypatch):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "book").mkdir()
+    (tmp_path / "apnb").mkdir()
+    (tmp_path / "apnb" / "x.py").write_text("A = 1\n")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = nbformat.v4.new_code_cell("a = 1\nb = 'x'")
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell("from apnb import records\nrecords.log('t', [{'metric': 'a', 'value': a}])")]
+    nbformat.write(nb, tmp_path / "notebooks" / "n1.ipynb")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/n1\n")
+    (tmp_path / "profiles" / "p.yml").write_text("defaults: {a: 2, zzz: 3}\nnotebooks: {n1: {b: y}}\n")
+    (tmp_path / "profiles" / "bad.yml").write_text("defaults: {}\nnotebooks: {n1: {nope: 1}}\n")
+    monkeypatch.setenv("APNB_ROOT", str(tmp_path))
+    return tmp_path
+
+
+def test_params_merge_and_unknown_keys(mini_repo):
+    nb = mini_repo / "notebooks" / "n1.ipynb"
+    assert runner.toc_notebooks() == [nb]
+    assert runner.params_for(nb, "p") == {"a": 2, "b": "y"}  # defaults filtered to declared names
+    with pytest.raises(runner.RunError, match="not in its parameters cell"):
+        runner.params_for(nb, "bad")
+    with pytest.raises(runner.RunError, match="profile 'nope' not found.*available profiles are bad, p"):
+        runner.load_profile("nope")
+
+
+def test_run_records_and_skips_unchanged(mini_repo):
+    logs = []
+    out = runner.run_notebook(mini_repo / "notebooks" / "n1.ipynb", "p", log=logs.append)
+    rec = json.loads((out.parent / "n1.results.json").read_text())
+    assert rec["parameters"] == {"a": 2, "b": "y"} and rec["rows"][0]["value"] == 2 and "commit" in rec
+    runner.run_notebook(mini_repo / "notebooks" / "n1.ipynb", "p", log=logs.append)
+    assert "unchanged" in logs[-1]
+    (mini_repo / "apnb" / "x.py").write_text("A = 2\n")  # a change in apnb re-runs
+    runner.run_notebook(mini_repo / "notebooks" / "n1.ipynb", "p", log=logs.append)
+    assert "done" in logs[-1]
+
+
+def test_failed_cell_names_the_notebook(mini_repo):
+    nb = nbformat.read(mini_repo / "notebooks" / "n1.ipynb", 4)
+    nb.cells.append(nbformat.v4.new_code_cell("raise ValueError('boom')"))
+    nbformat.write(nb, mini_repo / "notebooks" / "n1.ipynb")
+    with pytest.raises(runner.RunError, match="n1.ipynb failed .*ValueError: boom"):
+        runner.run_notebook(mini_repo / "notebooks" / "n1.ipynb", "p", log=lambda s: None)
+    assert (runner.runs_dir("p") / "n1.failed.ipynb").exists()
+
+
+def test_cli_help_and_errors(capsys, mini_repo):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "run" in capsys.readouterr().out
+    assert cli.main(["run", "notebooks/n1.ipynb", "--profile", "nope"]) == 2
+    assert "profile 'nope' not found" in capsys.readouterr().err
+
+
+def test_record_rows_need_metric_and_value(tmp_path):
+    with pytest.raises(ValueError, match="metric"):
+        records.log("t", [{"x": 1}], tmp_path / "r.json")
