@@ -201,9 +201,11 @@ def fit(model: nn.Module, objective: Callable, train_set: Dataset, cfg: TrainCon
     if cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
     local_bs = cfg.batch_size // world
-    sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed, drop_last=True) if world > 1 else None
+    # one sampler for 1 or N processes: the permutation depends on (seed, epoch) only, and rank r takes
+    # every N-th index, so N processes with batch B/N see exactly the global batches of one process
+    sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
     gen = torch.Generator()
-    loader = DataLoader(train_set, batch_size=local_bs, shuffle=sampler is None, sampler=sampler, drop_last=True,
+    loader = DataLoader(train_set, batch_size=local_bs, sampler=sampler, drop_last=True,
                         num_workers=cfg.num_workers, generator=gen, persistent_workers=False)
     steps = len(loader)
     if steps == 0:
@@ -225,8 +227,7 @@ def fit(model: nn.Module, objective: Callable, train_set: Dataset, cfg: TrainCon
         es = _epoch_seed(cfg.seed, epoch)
         seed_all(es)
         gen.manual_seed(es)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         if hasattr(objective, "reseed"):
             objective.reseed(es)
         model.train()

@@ -36,6 +36,8 @@ class Tap:
     """
 
     def __init__(self, model: nn.Module, layers, detach: bool = False):
+        if isinstance(model, nn.parallel.DistributedDataParallel):  # hook the wrapped module's layers
+            model = model.module
         self.model = model
         self.layers = [layer_alias(model, n) for n in ([layers] if isinstance(layers, str) else layers)]
         self.detach = detach

@@ -185,6 +185,13 @@ class AttributionMatching:
         t_acts = [a.detach() for a in t_acts]
         t_logits = t_logits.detach()
 
+        # the student's maps need gradients even when called under torch.no_grad (e.g. for evaluation)
+        with torch.enable_grad():
+            return self._student_part(student, x, t_logits, t_acts, t_grads, target)
+
+    def _student_part(self, student, x, t_logits, t_acts, t_grads, target):
+        cfg = self.cfg
+        zero = x.new_zeros(())
         with Tap(student, cfg.layers) as st:
             s_logits = student(x)
         s_acts = [st.acts[n] for n in st.layers]
