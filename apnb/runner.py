@@ -69,10 +69,18 @@ def load_profile(name: str, root: Path | None = None) -> dict:
 
 
 def notebook_parameters(nb: Path) -> dict:
-    """Default parameters declared in the notebook's ``parameters`` cell."""
+    """Default values declared in the notebook's ``parameters`` cell (literals, evaluated)."""
+    import ast
+
     import papermill as pm
 
-    return {k: v["default"] for k, v in pm.inspect_notebook(str(nb)).items()}
+    out = {}
+    for k, v in pm.inspect_notebook(str(nb)).items():
+        try:
+            out[k] = ast.literal_eval(v["default"])
+        except (ValueError, SyntaxError):
+            out[k] = v["default"]
+    return out
 
 
 def params_for(nb: Path, profile: str, overrides: dict | None = None) -> dict:
@@ -150,8 +158,9 @@ def run_notebook(nb: str | Path, profile: str = "demo", overrides: dict | None =
                 raise RunError(f"{nb} failed at profile {profile!r} in cell {e.exec_count}: {e.ename}: {e.evalue} "
                                f"(the executed notebook is kept at {failed})") from None
             wall = time.time() - t0
-            records.finalize(tmp_rec, notebook=nb.name, profile=profile, parameters=params,
-                             seed=params.get("seed", params.get("seeds")), commit=records.git_commit(repo_root()),
+            effective = {**notebook_parameters(nb), **params}
+            records.finalize(tmp_rec, notebook=nb.name, profile=profile, parameters=effective, overrides=params,
+                             seed=effective.get("seed", effective.get("seeds")), commit=records.git_commit(repo_root()),
                              wall_time_s=round(wall, 1), python=sys.version.split()[0])
             os.replace(tmp_rec, rec)
     finally:

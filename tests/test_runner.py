@@ -42,7 +42,7 @@ def test_run_records_and_skips_unchanged(mini_repo):
     logs = []
     out = runner.run_notebook(mini_repo / "notebooks" / "n1.ipynb", "p", log=logs.append)
     rec = json.loads((out.parent / "n1.results.json").read_text())
-    assert rec["parameters"] == {"a": 2, "b": "y"} and rec["rows"][0]["value"] == 2 and "commit" in rec
+    assert rec["parameters"] == {"a": 2, "b": "y"} and rec["overrides"] == {"a": 2, "b": "y"} and rec["rows"][0]["value"] == 2 and "commit" in rec
     runner.run_notebook(mini_repo / "notebooks" / "n1.ipynb", "p", log=logs.append)
     assert "unchanged" in logs[-1]
     (mini_repo / "apnb" / "x.py").write_text("A = 2\n")  # a change in apnb re-runs
