@@ -37,6 +37,7 @@ from .models import ModelError
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    optimizer: str = "sgd"  # sgd (the paper) | adamw (CPU demo profiles: converges in fewer steps)
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -54,6 +55,8 @@ class TrainConfig:
         if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError(f"epochs={self.epochs}, lr={self.lr}, batch_size={self.batch_size}: need epochs >= 0, "
                              f"lr > 0 and batch_size >= 1")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer={self.optimizer!r}: use sgd or adamw")
         if self.schedule not in ("multistep", "cosine", "onecycle", "constant"):
             raise ValueError(f"schedule={self.schedule!r}: use multistep, cosine, onecycle or constant")
 
@@ -131,7 +134,10 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def make_optimizer(model, cfg: TrainConfig, steps_per_epoch: int):
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.schedule == "multistep":
         sch = torch.optim.lr_scheduler.MultiStepLR(opt, [m * steps_per_epoch for m in cfg.milestones], cfg.gamma)
     elif cfg.schedule == "cosine":

@@ -65,6 +65,7 @@ class SynthConfig:
     cue_amplitude: float = 0.22
     max_objects: int = 3
     clutter: int = 12
+    fragment_prob: float = 0.33  # share of clutter items that are fragments of object shapes
     jpeg_quality: int = 95
     version: int = 2  # of the renderer: bump when the drawing changes, so stale data is regenerated
 
@@ -168,7 +169,8 @@ def render(rng: np.random.Generator, cfg: SynthConfig, context_bias: float, sing
     for _ in range(int(rng.integers(cfg.clutter // 2, cfg.clutter + 1))):
         col = _hsv_to_rgb(rng.random(), rng.uniform(0.3, 1), rng.uniform(0.3, 1))
         cy, cx = rng.uniform(0, S, 2)
-        kind = rng.integers(3)
+        u_kind = rng.random()
+        kind = 2 if u_kind < cfg.fragment_prob else (0 if u_kind < (1 + cfg.fragment_prob) / 2 else 1)
         if kind == 0:
             m = np.hypot(yy - cy, xx - cx) <= rng.uniform(0.5, 2.0)
         elif kind == 1:
