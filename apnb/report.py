@@ -71,3 +71,25 @@ def paired_by_seed(df: pd.DataFrame, metric: str, a: str, b: str, col: str = "me
     B = df[df[col] == b].set_index("seed")[metric]
     common = A.index.intersection(B.index)
     return paired_diff(A.loc[common].values, B.loc[common].values)
+
+
+def side_by_side(ours: pd.DataFrame, paper_df: pd.DataFrame, keys: list[str], metrics: dict[str, tuple[float, int]],
+                 teacher: dict | None = None) -> pd.DataFrame:
+    """Our summary (from :func:`summarize`) beside the paper's table, one ``<m> (ours)`` / ``<m> (paper)`` pair
+    per metric. ``metrics`` maps a metric to ``(scale, digits)`` for our numbers (100 for %, 1 for cos/l2).
+    ``teacher``: an optional first row of our teacher's values (no interval), matched to the paper's
+    ``teacher`` row."""
+    p = paper_df.set_index(keys)
+    rows = []
+    lines = ([{**{k: "teacher" for k in keys}, **teacher}] if teacher else []) + ours.to_dict("records")
+    for r in lines:
+        key = tuple(r[k] for k in keys)
+        key = key[0] if len(keys) == 1 else key
+        out = {k: r[k] for k in keys}
+        for m, (scale, digits) in metrics.items():
+            mu = r.get(m)  # absent (e.g. cos for the teacher itself): left blank
+            out[f"{m} (ours)"] = "" if mu is None else fmt(mu, r.get(m + "_ci", float("nan")), scale, digits)
+            val = p.loc[key, m] if key in p.index and m in p.columns else ""
+            out[f"{m} (paper)"] = "" if isinstance(val, float) and math.isnan(val) else val
+        rows.append(out)
+    return pd.DataFrame(rows)

@@ -1,0 +1,128 @@
+"""Faithfulness of attribution maps: ROAR, DiffROAR (with retraining) and DiffID (without).
+
+- **ROAR** (Hooker et al.): rank the pixels of each image by its map, replace the top ``k`` % with the
+  per-channel mean of the data, retrain a fresh classifier on the modified training set for each ``k`` and
+  report its accuracy (or F1) on the equally modified test set; a random ranking is the baseline. A
+  faithful map makes accuracy fall faster than random.
+- **DiffROAR** (Shah et al.): accuracy with the top-``k`` % *kept* (the rest removed) minus accuracy with the
+  bottom-``k`` % kept, each after retraining.
+- **DiffID** (the LPI supplement's code, ``evaluator.py::DiffID``): no retraining. Saliency ``|map|``,
+  min-max per image; for ratios r, *deletion* removes the top-r pixels and *insertion* keeps only the top
+  (1-r); removed pixels take the mean of the kept values; the score is the ratio of the perturbed to the
+  original target logit (and top-1 accuracy); DiffID(r) = insertion - deletion, and its area over r.
+
+Maps are ``[N,H,W]`` at the input resolution; a pixel is removed in all colour channels.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+
+def rank_mask(maps: torch.Tensor, fraction: float, top: bool = True, generator: torch.Generator | None = None):
+    """Boolean ``[N,H,W]`` marking the top (or bottom) ``fraction`` of each map's pixels.
+
+    ``maps=None`` with a generator gives the random baseline. Ties are broken by pixel index (stable sort).
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction={fraction}: must be in [0, 1]")
+    n, h, w = maps.shape
+    k = int(round(fraction * h * w))
+    flat = maps.reshape(n, -1).float()
+    if generator is not None:
+        flat = torch.rand(flat.shape, generator=generator).to(flat.device)
+    order = torch.sort(flat, dim=1, descending=top, stable=True).indices
+    m = torch.zeros_like(flat, dtype=torch.bool)
+    m.scatter_(1, order[:, :k], True)
+    return m.view(n, h, w)
+
+
+def replace(x: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor | str = "kept_mean") -> torch.Tensor:
+    """Copy of ``x`` [N,C,H,W] with the masked pixels replaced.
+
+    ``fill``: a per-channel tensor [C] (ROAR: the dataset mean) or ``"kept_mean"`` (DiffID: the mean of each
+    image's kept pixels, per channel).
+    """
+    m = mask[:, None].expand_as(x)
+    if isinstance(fill, str):
+        if fill != "kept_mean":
+            raise ValueError(f"fill={fill!r}: a per-channel tensor or 'kept_mean'")
+        keep = (~mask)[:, None].float()
+        val = (x * keep).sum((2, 3)) / keep.sum((2, 3)).clamp_min(1)
+    else:
+        val = torch.as_tensor(fill, dtype=x.dtype, device=x.device)[None].expand(x.shape[0], -1)
+    return torch.where(m, val[:, :, None, None].expand_as(x), x)
+
+
+def saliency(maps: torch.Tensor) -> torch.Tensor:
+    """``|map|`` min-max normalised per image (DiffID's preprocessing)."""
+    a = maps.abs().flatten(1)
+    lo, hi = a.min(1, keepdim=True).values, a.max(1, keepdim=True).values
+    return ((a - lo) / (hi - lo).clamp_min(1e-12)).view_as(maps)
+
+
+@torch.no_grad()
+def diffid(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+           ratios: Sequence[float] = tuple(np.round(np.arange(0.1, 1.0, 0.1), 2)), batch_size: int = 128) -> pd.DataFrame:
+    """Insertion, deletion and DiffID per ratio (logit ratio and top-1 accuracy), plus the area over r."""
+    model.eval()
+    sal = saliency(maps)
+    target = torch.as_tensor(target, device=x.device)
+
+    def scores(xx):
+        out = torch.cat([model(xx[i:i + batch_size]) for i in range(0, len(xx), batch_size)])
+        return out.gather(1, target[:, None])[:, 0], (out.argmax(1) == target).float()
+
+    base, _ = scores(x)
+    rows = []
+    for r in ratios:
+        dele, dacc = scores(replace(x, rank_mask(sal, r, top=True)))
+        ins, iacc = scores(replace(x, rank_mask(sal, 1 - r, top=False)))  # keep only the top (1-r)
+        d_ratio, i_ratio = float((dele / base).mean()), float((ins / base).mean())
+        rows.append({"ratio": float(r), "deletion": d_ratio, "insertion": i_ratio, "diffid": i_ratio - d_ratio,
+                     "deletion_acc": float(dacc.mean()), "insertion_acc": float(iacc.mean()),
+                     "diffid_acc": float(iacc.mean() - dacc.mean())})
+    df = pd.DataFrame(rows)
+    df.attrs["area"] = float(np.trapezoid(df.diffid, df.ratio)) if len(df) > 1 else float("nan")
+    return df
+
+
+def roar(make_model: Callable[[], nn.Module], train_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], None],
+         score_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], float],
+         train: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], test: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+         fractions: Sequence[float], fill: torch.Tensor, keep: bool = False, seed: int = 0) -> pd.DataFrame:
+    """ROAR (``keep=False``: remove the top-k) or its keep variant (``keep=True``: keep only the top-k).
+
+    ``train``/``test`` are ``(x, y, maps)``; ``maps=None`` gives the random-ranking baseline. A fresh model
+    from ``make_model()`` is trained with ``train_fn`` for every fraction and scored with ``score_fn``.
+    """
+    rows = []
+    for f in fractions:
+        g = torch.Generator().manual_seed(seed)
+        sets = []
+        for x, y, maps in (train, test):
+            if keep:
+                m = ~rank_mask(maps if maps is not None else torch.zeros(x.shape[0], *x.shape[2:]), f, top=True,
+                               generator=g if maps is None else None)
+            else:
+                m = rank_mask(maps if maps is not None else torch.zeros(x.shape[0], *x.shape[2:]), f, top=True,
+                              generator=g if maps is None else None)
+            sets.append((replace(x, m, fill), y))
+        torch.manual_seed(seed)
+        model = make_model()
+        train_fn(model, *sets[0])
+        rows.append({"fraction": float(f), "score": float(score_fn(model, *sets[1]))})
+    return pd.DataFrame(rows)
+
+
+def diffroar(make_model, train_fn, score_fn, train, test, fractions, fill, seed: int = 0) -> pd.DataFrame:
+    """DiffROAR(k) = score with the top-k % kept - score with the bottom-k % kept (both retrained)."""
+    top = roar(make_model, train_fn, score_fn, train, test, fractions, fill, keep=True, seed=seed)
+    flip = lambda t: (t[0], t[1], None if t[2] is None else -t[2])
+    bottom = roar(make_model, train_fn, score_fn, flip(train), flip(test), fractions, fill, keep=True, seed=seed)
+    return pd.DataFrame({"fraction": top.fraction, "top_kept": top.score, "bottom_kept": bottom.score,
+                         "diffroar": top.score - bottom.score})

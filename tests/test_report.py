@@ -1,0 +1,34 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from apnb import paper, report
+
+pytestmark = pytest.mark.unit
+
+
+def test_mean_ci_matches_scipy_t_interval():
+    v = [0.71, 0.74, 0.69, 0.80]
+    mu, half, n = report.mean_ci(v)
+    lo, hi = stats.t.interval(0.95, len(v) - 1, loc=np.mean(v), scale=stats.sem(v))
+    assert n == 4 and mu == pytest.approx(np.mean(v)) and half == pytest.approx((hi - lo) / 2)
+    assert math.isnan(report.mean_ci([0.5])[1])
+
+
+def test_paired_diff_and_verdicts():
+    d = report.paired_diff([0.1, 0.2, 0.3], [0.3, 0.4, 0.6])
+    assert d["diff"] == pytest.approx(0.2333333) and d["p"] < 0.05
+    assert "supports" in report.verdict(d, "x")
+    assert "contradicts" in report.verdict(report.paired_diff([0.3, 0.4, 0.6], [0.1, 0.2, 0.3]), "x")
+    assert "includes 0" in report.verdict(report.paired_diff([0.1, 0.5, 0.3], [0.2, 0.3, 0.35]), "x")
+    assert "single seed" in report.verdict(report.paired_diff([0.1], [0.2]), "x")
+
+
+def test_side_by_side_labels_paper_columns():
+    ours = pd.DataFrame([{"method": "naive", "AUC": 0.8, "AUC_ci": 0.01}])
+    t = report.side_by_side(ours, paper.table6_7(), ["method"], {"AUC": (100, 1)}, teacher={"AUC": 0.9})
+    assert list(t.columns) == ["method", "AUC (ours)", "AUC (paper)"]
+    assert t.iloc[0].tolist() == ["teacher", "90.0", 88.79] and t.iloc[1].tolist() == ["naive", "80.0 ± 1.0", 79.98]
