@@ -33,6 +33,9 @@ def main(argv=None):
     b.add_argument("--no-run", action="store_true", help="only render what build/runs/<profile> holds")
     b.add_argument("--force", action="store_true", help="re-execute every notebook")
 
+    c = sub.add_parser("course", help="write student notebooks (cells tagged 'solution' removed) into OUT")
+    c.add_argument("out")
+
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     s = dsub.add_parser("synth", help="write the synthetic benchmark (VOC 2012 layout, or ImageNet-S layout)")
@@ -67,6 +70,11 @@ def main(argv=None):
         elif args.cmd == "book":
             index = runner.build_book(args.profile, run=not args.no_run, force=args.force)
             print(f"apnb: book built: {index}")
+        elif args.cmd == "course":
+            from .course import write_course
+
+            for p in write_course(args.out, runner.toc_notebooks()):
+                print(p)
         elif args.cmd == "data" and args.data_cmd == "synth":
             from .data import synthetic
 
