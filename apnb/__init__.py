@@ -12,8 +12,14 @@ Interpretation" (NeurIPS 2020). Modules:
 - :mod:`apnb.engine`       one ``fit`` with atomic checkpoints, resume, NaN guard, DDP; the checkpoint store
 - :mod:`apnb.metrics`      mAP, F1, ROC-AUC, pointing game, teacher-student cosine / l2
 - :mod:`apnb.attribution`  one ``attribute()`` API over Grad-CAM, EBP, LRP, InputGrad, IG, EG
+- :mod:`apnb.faithfulness` ROAR, DiffROAR, DiffID
+- :mod:`apnb.evaluate`     the paper's evaluation of one network (prediction, localization, similarity)
+- :mod:`apnb.experiments`  the pipelines the notebooks orchestrate (teacher, distillation, pruning, ROAR)
+- :mod:`apnb.report`       seeds: mean and 95 % intervals, paired tests, verdicts, tables beside the paper's
+- :mod:`apnb.paper`        the paper's reported numbers (quotations, labelled as such wherever shown)
 - :mod:`apnb.records`      run records written beside each executed notebook
 - :mod:`apnb.runner`       papermill execution with profiles and change detection
+- :mod:`apnb.course`       student notebooks without solution cells
 """
 
 __version__ = "0.1.0"
