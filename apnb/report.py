@@ -93,3 +93,9 @@ def side_by_side(ours: pd.DataFrame, paper_df: pd.DataFrame, keys: list[str], me
             out[f"{m} (paper)"] = "" if isinstance(val, float) and math.isnan(val) else val
         rows.append(out)
     return pd.DataFrame(rows)
+
+
+def one_sample_diff(values) -> dict:
+    """The :func:`paired_diff`-shaped summary of differences already taken (e.g. student - teacher per seed)."""
+    mu, half, n = mean_ci(values)
+    return {"diff": mu, "ci": half, "n": n, "p": float("nan")}

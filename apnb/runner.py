@@ -96,8 +96,9 @@ def params_for(nb: Path, profile: str, overrides: dict | None = None) -> dict:
                        f"(declared: {', '.join(sorted(declared))}); fix profiles/{profile}.yml or -p")
     params.update(own)
     params.update(overrides or {})
-    params["profile"] = profile if "profile" in declared else params.get("profile")
-    return {k: v for k, v in params.items() if k in declared}
+    if "profile" in declared:
+        params["profile"] = profile
+    return params
 
 
 def source_hash(root: Path | None = None) -> str:
