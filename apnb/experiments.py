@@ -232,12 +232,12 @@ def roar_voc(train_xy, test_xy, maps: dict, fractions, classifier_spec: dict, tr
     """ROAR on VOC-format data (paper Figure 7): for each ranking in ``maps`` (name -> (train maps, test maps);
     ``None`` = random) and each fraction, the top pixels are replaced by the data mean (0 after normalisation)
     and a fresh classifier (VGG-11 in the paper) is trained and scored (F1 and mAP on the modified test set)."""
-    from . import faithfulness as Fa
-    from . import metrics as Mt
     from torch.utils.data import TensorDataset
 
+    from . import faithfulness as Fa
+    from . import metrics as Mt
+
     fill = train_xy[0].mean((0, 2, 3))
-    rows = []
 
     def make():
         return M.build(classifier_spec)
@@ -247,23 +247,12 @@ def roar_voc(train_xy, test_xy, maps: dict, fractions, classifier_spec: dict, tr
             progress=False)
 
     def score_fn(model, x, y):
-        logits = torch.cat([model(x[i:i + 256].to(resolve_device(device))).float().cpu() for i in range(0, len(x), 256)])
-        return Mt.f1_samples(logits, y), Mt.voc_map(logits, y)
+        logits, y = E.predict(model, TensorDataset(x, y), device)
+        return {"F1": Mt.f1_samples(logits, y), "mAP": Mt.voc_map(logits, y)}
 
+    frames = []
     for name, mm in maps.items():
         tr_maps, te_maps = mm if mm is not None else (None, None)
-        for f in fractions:
-            g = torch.Generator().manual_seed(seed)
-            mods = []
-            for (x, y), m in ((train_xy, tr_maps), (test_xy, te_maps)):
-                base = m if m is not None else torch.zeros(x.shape[0], *x.shape[2:])
-                mask = Fa.rank_mask(base, f, top=True, generator=g if m is None else None)
-                mods.append((Fa.replace(x, mask, fill), y))
-            torch.manual_seed(seed)
-            model = make()
-            train_fn(model, *mods[0])
-            with torch.no_grad():
-                model.eval()
-                f1, mAP = score_fn(model, *mods[1])
-            rows.append({"ranking": name, "fraction": float(f), "F1": f1, "mAP": mAP})
-    return pd.DataFrame(rows)
+        df = Fa.roar(make, train_fn, score_fn, (*train_xy, tr_maps), (*test_xy, te_maps), fractions, fill, seed=seed)
+        frames.append(df.assign(ranking=name)[["ranking", "fraction", "F1", "mAP"]])
+    return pd.concat(frames, ignore_index=True)

@@ -92,30 +92,28 @@ def diffid(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.
 
 
 def roar(make_model: Callable[[], nn.Module], train_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], None],
-         score_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], float],
+         score_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], float | dict],
          train: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], test: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
          fractions: Sequence[float], fill: torch.Tensor, keep: bool = False, seed: int = 0) -> pd.DataFrame:
     """ROAR (``keep=False``: remove the top-k) or its keep variant (``keep=True``: keep only the top-k).
 
     ``train``/``test`` are ``(x, y, maps)``; ``maps=None`` gives the random-ranking baseline. A fresh model
-    from ``make_model()`` is trained with ``train_fn`` for every fraction and scored with ``score_fn``.
+    from ``make_model()`` is trained with ``train_fn`` for every fraction and scored with ``score_fn``, which
+    returns one number (column ``score``) or a dict of named scores (one column each).
     """
     rows = []
     for f in fractions:
         g = torch.Generator().manual_seed(seed)
         sets = []
         for x, y, maps in (train, test):
-            if keep:
-                m = ~rank_mask(maps if maps is not None else torch.zeros(x.shape[0], *x.shape[2:]), f, top=True,
-                               generator=g if maps is None else None)
-            else:
-                m = rank_mask(maps if maps is not None else torch.zeros(x.shape[0], *x.shape[2:]), f, top=True,
-                              generator=g if maps is None else None)
-            sets.append((replace(x, m, fill), y))
+            base = maps if maps is not None else torch.zeros(x.shape[0], *x.shape[2:])
+            m = rank_mask(base, f, top=True, generator=g if maps is None else None)
+            sets.append((replace(x, ~m if keep else m, fill), y))
         torch.manual_seed(seed)
         model = make_model()
         train_fn(model, *sets[0])
-        rows.append({"fraction": float(f), "score": float(score_fn(model, *sets[1]))})
+        score = score_fn(model, *sets[1])
+        rows.append({"fraction": float(f), **(score if isinstance(score, dict) else {"score": float(score)})})
     return pd.DataFrame(rows)
 
 
