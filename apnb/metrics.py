@@ -90,32 +90,68 @@ def top1(logits, labels) -> float:
 
 
 # ---------------------------------------------------------------- localization
-def roc_auc(maps: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Rank-based ROC-AUC of each map's pixels against its binary mask: ``[N]``.
+def _auc_rows_numpy(s, y, v):
+    """Exact rank AUC of a few rows on the CPU: one integer sort per row (see :func:`roc_auc`)."""
+    big = np.iinfo(np.int64).max
+    s = np.ascontiguousarray(s, dtype=np.float32) + np.float32(0.0)  # -0.0 becomes +0.0 (a tie, as in sklearn)
+    b = s.view(np.int32).astype(np.int64)
+    b ^= (b >> 31) & 0x7FFFFFFF  # order-preserving integer key of a float32 (negatives flipped)
+    key = (b << 1) | y  # label in the lowest bit: within a tie, negatives sort before positives
+    key[~v] = big  # excluded pixels sort last and are ignored
+    key.sort(axis=1)
+    ok = key != big
+    lab = (key & 1).astype(bool) & ok
+    neg = ~lab & ok
+    cn = np.cumsum(neg, axis=1, dtype=np.int64)  # negatives at or before each position
+    val = key >> 1
+    start = np.zeros(key.shape, np.int64)  # first position of each tie group
+    start[:, 1:] = np.where(val[:, 1:] != val[:, :-1], np.arange(1, key.shape[1]), 0)
+    np.maximum.accumulate(start, axis=1, out=start)
+    below = np.take_along_axis(cn - neg, start, axis=1)  # negatives strictly below the tie group
+    u = ((cn + below) * lab).sum(1) / 2.0  # Mann-Whitney U: below + half of the tied negatives
+    return u / (lab.sum(1) * neg.sum(1).astype(np.float64))
 
-    Equal to ``sklearn.metrics.roc_auc_score`` (ties get average ranks). ``valid`` marks the pixels that
-    count; excluded pixels are pushed to +inf so they take no part in any rank. Rows with no positive or
+
+def roc_auc(maps: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None,
+            chunk: int = 4) -> torch.Tensor:
+    """Rank-based ROC-AUC of each map's pixels against its binary mask: ``[N]`` (float64).
+
+    Equal to ``sklearn.metrics.roc_auc_score`` (ties count one half: the Mann-Whitney U statistic).
+    ``valid`` marks the pixels that count; excluded (void) pixels take no part. Rows with no positive or
     no negative pixel raise :class:`MetricError`.
+
+    On the CPU each row is one integer sort (float32 bits made order-preserving, label in the lowest bit),
+    done in chunks of ``chunk`` rows on two threads; on a GPU, one batched ``torch.sort`` with average ranks.
+    ``benchmarks/bench_auc.py`` compares both with a per-map scikit-learn loop.
     """
-    s = maps.flatten(1).double()
     y = masks.flatten(1).bool()
     v = torch.ones_like(y) if valid is None else valid.flatten(1).bool()
-    if s.shape != y.shape or s.shape != v.shape:
+    if maps.flatten(1).shape != y.shape or y.shape != v.shape:
         raise MetricError(f"map {tuple(maps.shape)} and mask {tuple(masks.shape)} differ in shape: upsample the "
                           f"maps to the mask size first (apnb.metrics.upsample)")
-    s = torch.where(v, s, torch.full_like(s, float("inf")))
     pos = (y & v).sum(1).double()
     neg = (~y & v).sum(1).double()
     if bool(((pos == 0) | (neg == 0)).any()):
         bad = int(((pos == 0) | (neg == 0)).nonzero()[0])
         raise MetricError(f"row {bad}: the mask has {int(pos[bad])} positive and {int(neg[bad])} negative valid "
                           f"pixels; ROC-AUC needs both (an all-void or empty mask cannot be scored)")
+    if maps.device.type == "cpu" and maps.dtype != torch.float64:
+        from concurrent.futures import ThreadPoolExecutor
+
+        s = maps.detach().flatten(1).float().numpy()
+        yn, vn = y.numpy(), v.numpy()
+        with ThreadPoolExecutor(2) as ex:  # numpy releases the GIL in sort and the elementwise passes
+            parts = ex.map(lambda i: _auc_rows_numpy(s[i:i + chunk], yn[i:i + chunk], vn[i:i + chunk]),
+                           range(0, len(s), chunk))
+            return torch.from_numpy(np.concatenate(list(parts)))
+    s = maps.detach().flatten(1).double()
+    s = torch.where(v, s, torch.full_like(s, float("inf")))
     srt = s.sort(1).values.contiguous()
     lo = torch.searchsorted(srt, s.contiguous(), right=False).double()
     hi = torch.searchsorted(srt, s.contiguous(), right=True).double()
     rank = (lo + hi + 1) / 2  # 1-based average rank among valid pixels
     rank_pos = torch.where(y & v, rank, torch.zeros_like(rank)).sum(1)
-    return (rank_pos - pos * (pos + 1) / 2) / (pos * neg)
+    return ((rank_pos - pos * (pos + 1) / 2) / (pos * neg)).cpu()
 
 
 def pointing_hits(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0, ties: str = "first",

@@ -8,14 +8,17 @@ from apnb import metrics as Mt
 pytestmark = pytest.mark.unit
 
 
-def test_auc_equals_sklearn_random_and_ties():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # integer-key CPU path / torch.sort path
+def test_auc_equals_sklearn_random_and_ties(dtype):
     g = torch.Generator().manual_seed(0)
-    maps = torch.rand(20, 15, 15, generator=g)
+    maps = torch.randn(20, 15, 15, generator=g)  # negative values too
     maps[10:] = (maps[10:] * 4).round() / 4  # heavy ties
+    maps[15] = -maps[15].abs() * 0.0  # -0.0 and +0.0 must tie
+    maps[15, :3] = 0.0
     masks = torch.rand(20, 15, 15, generator=g) > 0.7
-    ours = Mt.roc_auc(maps, masks)
+    ours = Mt.roc_auc(maps.to(dtype), masks, chunk=3)
     ref = [roc_auc_score(masks[i].flatten().numpy(), maps[i].flatten().numpy()) for i in range(20)]
-    assert np.allclose(ours.numpy(), ref, atol=1e-6)
+    assert ours.dtype == torch.float64 and np.allclose(ours.numpy(), ref, atol=1e-6)
 
 
 def test_auc_excludes_void_pixels():
@@ -24,6 +27,7 @@ def test_auc_excludes_void_pixels():
     masks = torch.rand(5, 12, 12, generator=g) > 0.6
     valid = torch.rand(5, 12, 12, generator=g) > 0.2
     ours = Mt.roc_auc(maps, masks, valid)
+    assert torch.allclose(ours, Mt.roc_auc(maps.double(), masks, valid))
     for i in range(5):
         v = valid[i].flatten().numpy()
         ref = roc_auc_score(masks[i].flatten().numpy()[v], maps[i].flatten().numpy()[v])
