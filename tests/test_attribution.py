@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from apnb import models as M
-from apnb.attribution import METHODS, attribute
+from apnb.attribution import METHODS, agi, attribute, lpi, lpi_references, rap_layer
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +27,9 @@ def test_shapes_and_model_unchanged(net, method):
     with torch.no_grad():
         out0 = net(x)
     hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
-    opts = {"baselines": torch.randn(4, 3, 32, 32), "n_samples": 4} if method == "eg" else {}
+    opts = {"eg": {"baselines": torch.randn(4, 3, 32, 32), "n_samples": 4},
+            "agi": {"n_steps": 3, "n_targets": 2},
+            "lpi": {"references": lpi_references(net, torch.randn(12, 3, 32, 32), 1, 3), "n_alphas": 2}}.get(method, {})
     maps = attribute(net, x, torch.tensor([1, 3]), method, **opts)
     assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all()
     with torch.no_grad():
@@ -74,3 +76,105 @@ def test_ig_completeness(net):
 def test_unknown_method(net):
     with pytest.raises(ValueError, match="unknown attribution method 'foo'"):
         attribute(net, torch.randn(1, 3, 32, 32), 0, "foo")
+
+
+def _relu_net(bias=True):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=bias), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(6, 8, 3, padding=1, bias=bias), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                        nn.Linear(32, 4, bias=bias))
+    net.train()
+    net(torch.randn(16, 3, 8, 8))
+    return net.eval()
+
+
+@pytest.mark.parametrize("arch", ["seq", "vgg", "resnet34"])
+def test_rap_conserves_relevance_and_separates_signs(arch, net):
+    model = {"seq": _relu_net(), "vgg": net, "resnet34": M.resnet34(4).eval()}[arch]
+    size = {"seq": 8, "vgg": 32, "resnet34": 64}[arch]
+    x = torch.randn(2, 3, size, size)
+    x[:, :, :2] = 0.0  # exactly-zero inputs: RAP gives them no relevance
+    t = torch.tensor([1, 3])
+    rel = attribute(model, x, t, "rap")
+    with torch.no_grad():
+        logit = model(x)[[0, 1], [1, 3]]
+    # conservation (RAP's uniform shifting): the input relevance sums to the target logit
+    assert torch.allclose(rel.flatten(1).sum(1), logit, rtol=1e-3, atol=1e-3)
+    # both signs: relevant pixels positive, pixels of little influence negative (unlike LRP alpha1-beta0)
+    assert (rel > 0).any() and (rel < 0).any()
+    assert (rel[:, :2] == 0).all()
+
+
+def test_rap_layer_hand_case():
+    # one linear layer with two outputs; hidden-layer rule worked by hand
+    lin = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -1.0, 2.0], [0.5, 0.5, 0.0]]))
+    x = torch.tensor([[1.0, 2.0, 1.0]])
+    r = torch.tensor([[3.0, 1.0]])
+    # output 0: contributions (1, -2, 2): z+ = 3, |z-| = 2 -> 3*(1,0,2)/3 + 3*(0,2,0)/5 = (1, 1.2, 2)
+    # output 1: contributions (0.5, 1, 0): z+ = 1.5 -> 1*(0.5,1,0)/1.5 = (1/3, 2/3, 0)
+    c = torch.tensor([[1 + 1 / 3, 1.2 + 2 / 3, 2.0]])
+    excess = c.sum() - r.sum()  # 1.2, shared by the three non-zero inputs
+    assert torch.allclose(rap_layer(lin, x, r), c - excess / 3, atol=1e-6)
+    # output layer: signed contributions, the logit's total kept
+    out = rap_layer(lin, x, torch.tensor([[1.0, 0.0]]), output_layer=True)
+    assert torch.allclose(out, torch.tensor([[1.0, -2.0, 2.0]]))
+
+
+def test_agi_one_step_by_hand():
+    model = _relu_net()
+    x = torch.randn(1, 3, 8, 8)
+    y, j = 0, 2
+    std = torch.tensor([0.5, 0.5, 0.5]).view(1, -1, 1, 1)
+    ours = agi(model, x, torch.tensor([y]), eps=0.01, n_steps=1, n_targets=1, mean=[0.5] * 3, std=[0.5] * 3, seed=0)
+    others = [c for c in range(4) if c != y]
+    j = others[torch.randperm(3, generator=torch.Generator().manual_seed(0))[0].item()]
+    xx = x.clone().requires_grad_(True)
+    p = model(xx).softmax(1)
+    if p.argmax(1).item() == j:
+        pytest.skip("already predicted as the adversarial class")
+    g_adv = torch.autograd.grad(p[0, j], xx, retain_graph=True)[0]
+    g_lab = torch.autograd.grad(p[0, y], xx)[0]
+    step = (torch.clamp(x + 0.01 / std * g_adv.sign(), -1, 1) - x)
+    assert torch.allclose(ours, -g_lab * step, atol=1e-6)
+
+
+def test_lpi_references_and_completeness():
+    model = _relu_net()
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(40, 3, 8, 8, generator=g)
+    refs = lpi_references(model, train, n_clusters=2, n_refs=3)
+    assert refs.images.shape == (2, 3, 3, 8, 8)
+    assert torch.allclose(refs.density.sum(1), torch.ones(2))
+    assert torch.equal(refs.images, train[refs.index])  # the references are training images
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    t = torch.tensor([1, 2])
+    # with many path points the map sums to f(x) - sum_j rho_j f(x'_j) (completeness of each local path)
+    a = lpi(model, x, t, refs, n_alphas=1, alphas=torch.linspace(0.0005, 0.9995, 1000).expand(2, 3, 1000))
+    with torch.no_grad():
+        cl = torch.cdist(model(x), refs.centroids).argmin(1)
+        for b in range(2):
+            base = (refs.density[cl[b]] * model(refs.images[cl[b]])[:, t[b]]).sum()
+            gap = model(x[b:b + 1])[0, t[b]] - base
+            assert abs(a[b].sum().item() - gap.item()) < 0.02 * abs(gap.item()) + 1e-3
+    # each reference's gradient is taken on its own path (a per-reference loop gives the same map)
+    al = torch.rand(2, 3, 2, generator=g)
+    a = lpi(model, x, t, refs, alphas=al, internal_batch_size=1)
+    b = 0
+    manual = torch.zeros_like(x[0])
+    for j in range(3):
+        ref = refs.images[cl[b], j]
+        for i in range(2):
+            p = (ref + al[b, j, i] * (x[b] - ref)).unsqueeze(0).requires_grad_(True)
+            grad = torch.autograd.grad(model(p)[0, t[b]], p)[0][0]
+            manual += refs.density[cl[b], j] * (x[b] - ref) * grad / 2
+    assert torch.allclose(a[b], manual, atol=1e-5)
+
+
+def test_lpi_bad_input():
+    model = _relu_net()
+    with pytest.raises(ValueError, match="cannot give"):
+        lpi_references(model, torch.randn(5, 3, 8, 8), 2, 3)
+    with pytest.raises(ValueError, match="needs references"):
+        attribute(model, torch.randn(1, 3, 8, 8), 0, "lpi")
