@@ -73,8 +73,10 @@ def localization(model, loc_set, device="auto", batch_size=64, attr=None, tolera
                  single_label=False) -> LocResult:
     """Maps for every ground-truth (image, class) pair and their AUC / pointing-game scores.
 
-    ``single_label``: ``loc_set`` yields (image, class, foreground mask) (ImageNet); the map of the top-1
-    prediction is scored on every image (paper supplement B) and ``predicted`` means top-1 == label.
+    ``single_label``: ``loc_set`` yields (image, label, foreground mask) (ImageNet); the map of the top-1
+    prediction is scored on every image, right or wrong (paper supplement B: the segmentation set's labels
+    are not ImageNet-1k classes), so ``predicted`` is true for every scorable image; ``cls`` holds the label
+    (-1 when unknown), ``target`` the top-1 class whose map was scored and ``correct`` whether they agree.
     """
     device = resolve_device(device)
     model.eval().to(device)
@@ -89,10 +91,13 @@ def localization(model, loc_set, device="auto", batch_size=64, attr=None, tolera
             ii = torch.arange(len(x))
             cc = logits.argmax(1)
             masks, void = seg == 1, seg == 255
-            predicted = cc == lab
+            correct = cc == torch.as_tensor(lab)
+            predicted = torch.ones(len(x), dtype=torch.bool)
+            keys = torch.as_tensor(lab)
         else:
             ii, cc, masks, void = class_masks(seg, lab)
             predicted = logits[ii, cc] > 0
+            correct, keys = predicted, cc
         maps = attr(model, x[ii.to(device)], cc.to(device)).float().cpu()
         up = Mt.upsample(maps, masks.shape[-2:])
         valid = ~void
@@ -105,7 +110,8 @@ def localization(model, loc_set, device="auto", batch_size=64, attr=None, tolera
         hit = Mt.pointing_hits(up, masks, 0, "first", valid)
         hit15 = Mt.pointing_hits(up, masks, tolerance, "first", valid)
         for k in range(len(ii)):
-            rows.append({"img": offset + int(ii[k]), "cls": int(cc[k]), "predicted": bool(predicted[k]) and bool(ok[k]),
+            rows.append({"img": offset + int(ii[k]), "cls": int(keys[k]), "target": int(cc[k]),
+                         "correct": bool(correct[k]), "predicted": bool(predicted[k]) and bool(ok[k]),
                          "auc": float(auc[k]), "auc_void_neg": float(auc_neg[k]), "hit": bool(hit[k]),
                          "hit15": bool(hit15[k])})
         maps_all.append(maps)

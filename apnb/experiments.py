@@ -52,21 +52,62 @@ def voc_data(data_root: str, synth: dict | None, image_size: int, augment: bool 
     return d
 
 
+class _Unlabelled(torch.utils.data.Dataset):
+    """(image, mask) -> (image, -1, mask): gtsegs_ijcv.mat has no ImageNet-1k labels (supplement B)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, m = self.ds[i]
+        return x, -1, m
+
+
+def imagenet_data(data_root: str, synth: dict | None, image_size: int, gtsegs: str | None = None,
+                  limit: int | None = None) -> dict:
+    """ImageNet splits: ``train`` (ImageFolder of ``<wnid>/*.JPEG``, augmented), ``val`` (top-1 accuracy) and
+    ``loc`` (foreground masks).
+
+    With ``synth`` the ImageNet-like synthetic benchmark (ImageNet-S layout) is generated under ``data_root``
+    and its ``validation`` split with masks serves as ``val`` and ``loc``. With real data, ``data_root`` holds
+    ``train/`` and ``val/`` in class folders and ``gtsegs`` the path of ``gtsegs_ijcv.mat`` (4276 images scored
+    with the top-1 prediction's map, paper supplement B); or an ImageNet-S root with ``validation`` masks.
+    """
+    from .data.imagenet import GtSegsIJCV, ImageNetS
+
+    root = synthetic.ensure(data_root, "imagenet", **synth) if synth else Path(data_root)
+    d = {"root": root, "train": ImageNetS(root, "train", size=image_size, augment=True, limit=limit)}
+    if gtsegs:
+        d["val"] = ImageNetS(root, "val", size=image_size, limit=limit)
+        d["loc"] = _Unlabelled(GtSegsIJCV(gtsegs, size=image_size))
+    else:
+        d["val"] = d["loc"] = ImageNetS(root, "validation", size=image_size, limit=limit)
+    d["classes"] = d["train"].wnids
+    stamp = root / "apnb_synth.json"
+    d["id"] = json.loads(stamp.read_text()) if stamp.exists() else {"root": str(root), "n_train": len(d["train"])}
+    return d
+
+
 def _key(d: dict) -> dict:
     return {"apnb": __version__, **d}
 
 
-def get_teacher(spec: dict, data: dict, train: dict, pretrain: dict | None = None, pretrained: bool = False,
-                store: Store | None = None, device="auto", progress=True):
+def get_teacher(spec: dict, data: dict, train: dict | None, pretrain: dict | None = None, pretrained: bool = False,
+                store: Store | None = None, device="auto", progress=True, multilabel: bool = True):
     """Train (or load) the full network.
 
     Paper: ImageNet-pretrained torchvision weights (``pretrained=True``), then fine-tuned on VOC train.
     Synthetic stand-in: ``pretrain`` epochs on the cue-free ``pretrain`` split, then ``train`` on the
-    cued split. Returns ``(model, info)``; ``info`` holds the training history and its store key.
+    cued split. ImageNet (``multilabel=False``, cross-entropy): ``train=None`` with ``pretrained=True`` uses
+    the torchvision network as it is (paper supplement B). Returns ``(model, info)``; ``info`` holds the
+    training history and its store key.
     """
     store = store or Store()
     cfg = _key({"role": "teacher", "spec": spec, "train": train, "pretrain": pretrain, "pretrained": pretrained,
-                "data": data["id"]})
+                "data": data["id"], **({} if multilabel else {"multilabel": False})})
     model = M.build(spec)
     info = store.load("teacher", cfg, model)
     if info is not None:
@@ -78,13 +119,18 @@ def get_teacher(spec: dict, data: dict, train: dict, pretrain: dict | None = Non
     if pretrain:
         if "pretrain" not in data:
             raise ValueError("pretrain epochs requested but the data has no ImageSets/Main/pretrain.txt split")
-        r = fit(model, Supervised(True), data["pretrain"], TrainConfig(**pretrain), d / "pretrain.ckpt",
+        r = fit(model, Supervised(multilabel), data["pretrain"], TrainConfig(**pretrain), d / "pretrain.ckpt",
                 device=device, progress=progress)
         hist += [{"phase": "pretrain", **h} for h in r.history]
-    r = fit(model, Supervised(True), data["train"], TrainConfig(**train), d / "train.ckpt", device=device,
-            progress=progress)
-    hist += [{"phase": "train", **h} for h in r.history]
-    info = {"history": hist, "key": config_key(cfg), "images_per_s": r.images_per_s}
+    if not train and not pretrained:
+        raise ValueError("the teacher needs train=<epochs, lr, ...> unless pretrained=True")
+    ips = None
+    if train:
+        r = fit(model, Supervised(multilabel), data["train"], TrainConfig(**train), d / "train.ckpt", device=device,
+                progress=progress)
+        hist += [{"phase": "train", **h} for h in r.history]
+        ips = r.images_per_s
+    info = {"history": hist, "key": config_key(cfg), "images_per_s": ips}
     store.save("teacher", cfg, model, info)
     return model.eval(), info
 
@@ -120,7 +166,8 @@ def distill(teacher, teacher_key: str, student_spec: dict, method: str, data: di
 
 def prune_unstructured(teacher, teacher_key: str, method: str, data: dict, train: dict, rho_w: float = 0.2,
                        iterations: int = 16, beta: float | None = None, p: float = 0.3, layers=("last_conv",),
-                       store: Store | None = None, device="auto", progress=True, callback=None):
+                       store: Store | None = None, device="auto", progress=True, callback=None,
+                       multilabel: bool = True):
     """Iterative global magnitude pruning (Han et al.) with fine-tuning (task loss + beta * matching) after
     each of ``iterations`` rounds at ``rho_w``; the regularizer applies in every round. ``callback(it, rate,
     model)`` sees the network after each round's fine-tune. Returns the final model."""
@@ -128,12 +175,13 @@ def prune_unstructured(teacher, teacher_key: str, method: str, data: dict, train
     reg = matching_for(method, beta, p, layers)
     frozen_teacher = copy.deepcopy(teacher).eval()
     model = copy.deepcopy(teacher)
+    extra = {} if multilabel else {"multilabel": False}
     for it in range(1, iterations + 1):
         cfg = _key({"role": "unstructured", "teacher": teacher_key, "method": method, "match": reg.cfg.to_dict(),
-                    "train": train, "rho_w": rho_w, "iteration": it})
+                    "train": train, "rho_w": rho_w, "iteration": it, **extra})
         C.prune_global_unstructured(model, rho_w)
         if store.load("pruned", cfg, model) is None:
-            obj = Compress(frozen_teacher, reg, kd=False)
+            obj = Compress(frozen_teacher, reg, kd=False, multilabel=multilabel)
             fit(model, obj, data["train"], TrainConfig(**train), store.dir("pruned", cfg) / "train.ckpt",
                 device=device, progress=progress)
             store.save("pruned", cfg, model, {"rate": C.cumulative_rate(rho_w, it)})
@@ -145,19 +193,19 @@ def prune_unstructured(teacher, teacher_key: str, method: str, data: dict, train
 def prune_structured(teacher, teacher_key: str, method: str, data: dict, train: dict, rate: float = 0.7,
                      image_size: int = 227, layers: list[str] | None = None, beta: float | None = None,
                      p: float = 0.3, match_layers=("last_conv",), store: Store | None = None, device="auto",
-                     progress=True):
+                     progress=True, multilabel: bool = True):
     """One-shot l1 structured pruning (Li et al.) then fine-tuning with task loss + beta * matching."""
     store = store or Store()
     reg = matching_for(method, beta, p, match_layers)
     model = copy.deepcopy(teacher).cpu()
     counts = C.prune_l1_structured(model, rate, torch.zeros(1, 3, image_size, image_size), layers)
     cfg = _key({"role": "structured", "teacher": teacher_key, "method": method, "match": reg.cfg.to_dict(),
-                "train": train, "rate": rate, "layers": layers})
+                "train": train, "rate": rate, "layers": layers, **({} if multilabel else {"multilabel": False})})
     info = store.load("structured", cfg, model)
     if info is None:
         frozen_teacher = copy.deepcopy(teacher).eval()
         reg.check(model, frozen_teacher.cpu(), torch.zeros(1, 3, image_size, image_size))
-        r = fit(model, Compress(frozen_teacher, reg, kd=False), data["train"], TrainConfig(**train),
+        r = fit(model, Compress(frozen_teacher, reg, kd=False, multilabel=multilabel), data["train"], TrainConfig(**train),
                 store.dir("structured", cfg) / "train.ckpt", device=device, progress=progress)
         info = {"history": r.history}
         store.save("structured", cfg, model, info)
@@ -166,16 +214,17 @@ def prune_structured(teacher, teacher_key: str, method: str, data: dict, train: 
 
 
 def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", attr=None,
-                   reference: E.LocResult | None = None) -> tuple[dict, E.LocResult]:
+                   reference: E.LocResult | None = None, single_label: bool = False) -> tuple[dict, E.LocResult]:
     """One row of Tables 2-7: parameters, mAP, image-AP, F1, AUC, point accuracy (+ cos, l2 vs. ``reference``,
     the teacher's :class:`~apnb.evaluate.LocResult`). Empty selections give NaN rather than an error.
 
     On the synthetic benchmark ``mAP_nocue`` is the mAP on the same val images re-rendered without the
-    context cue: the gap ``mAP - mAP_nocue`` measures how much the network relies on the shortcut."""
+    context cue: the gap ``mAP - mAP_nocue`` measures how much the network relies on the shortcut.
+    ``single_label`` (ImageNet, supplement B): top-1 accuracy, and the top-1 prediction's map on every image."""
     attr = attr or E.attribution_fn("gradcam", layer)
-    loc = E.localization(model, data["loc"], device, attr=attr)
+    loc = E.localization(model, data["loc"], device, attr=attr, single_label=single_label)
     row = {"params": M.count_params(model, nonzero=True)}
-    row.update(E.prediction_metrics(model, data["val"], device))
+    row.update(E.prediction_metrics(model, data["val"], device, multilabel=not single_label))
     if "val_nocue" in data:  # the same val images without their context cue: reliance on the shortcut
         row["mAP_nocue"] = E.prediction_metrics(model, data["val_nocue"], device)["mAP"]
     row.update(loc.summary(strict=False))
@@ -185,13 +234,13 @@ def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", a
 
 
 def evaluate_models(models: dict, data: dict, teacher_name: str = "teacher", layer: str = "last_conv",
-                    device="auto", attr=None) -> tuple[pd.DataFrame, dict]:
+                    device="auto", attr=None, single_label: bool = False) -> tuple[pd.DataFrame, dict]:
     """:func:`evaluate_model` for each model, with cosine and l2 against ``teacher_name``."""
-    t_row, t_loc = evaluate_model(models[teacher_name], data, layer, device, attr)
+    t_row, t_loc = evaluate_model(models[teacher_name], data, layer, device, attr, single_label=single_label)
     rows, locs = [{"model": teacher_name, **t_row}], {teacher_name: t_loc}
     for name, m in models.items():
         if name != teacher_name:
-            row, locs[name] = evaluate_model(m, data, layer, device, attr, reference=t_loc)
+            row, locs[name] = evaluate_model(m, data, layer, device, attr, reference=t_loc, single_label=single_label)
             rows.append({"model": name, **row})
     return pd.DataFrame(rows), locs
 

@@ -71,7 +71,8 @@ class ImageNetS(Dataset):
             raise DataError(f"no *.JPEG images under {self.root / split}/<wnid>/")
         self.split = split
         self.size = size
-        if split != "train":
+        self.with_masks = split == "validation"  # ImageNet-S masks; "train" and "val" are plain class folders
+        if self.with_masks:
             self.masks = [self.root / "validation-segmentation" / p.parent.name / (p.stem + ".png") for p, _ in self.samples]
             _check_files(self.masks, "segmentation masks")
         self.transform = train_transform(size) if augment else eval_transform(size)
@@ -82,7 +83,7 @@ class ImageNetS(Dataset):
     def __getitem__(self, i):
         p, c = self.samples[i]
         img = load_image(p)
-        if self.split == "train":
+        if not self.with_masks:
             return self.transform(img), c
         seg = np.array(Image.open(self.masks[i]).convert("RGB"), dtype=np.int32)
         if seg.shape[:2] != (img.size[1], img.size[0]):
