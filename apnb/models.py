@@ -47,8 +47,11 @@ def _vgg_features(cfg, width_div: int, n_pools: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def vgg(arch="vgg16_bn", num_classes=20, width_div=1, n_pools=5, head_pool=7, dropout=0.5) -> VGG:
-    """torchvision VGG with BatchNorm, channel widths divided by ``width_div`` and the paper's VOC head."""
+def vgg(arch="vgg16_bn", num_classes=20, width_div=1, n_pools=5, head_pool=7, dropout=0.5, head="voc") -> VGG:
+    """torchvision VGG with BatchNorm, channel widths divided by ``width_div`` and the paper's VOC head.
+
+    ``head="torchvision"`` keeps torchvision's 3-layer ImageNet classifier instead (the ImageNet experiments
+    of supplement B prune the ImageNet VGG16 itself)."""
     if arch not in VGG_CFG:
         raise ModelError(f"unknown VGG arch {arch!r}: use one of {sorted(VGG_CFG)}")
     if width_div < 1 or not 1 <= n_pools <= 5:
@@ -57,20 +60,52 @@ def vgg(arch="vgg16_bn", num_classes=20, width_div=1, n_pools=5, head_pool=7, dr
     m = VGG(feats, num_classes=num_classes, init_weights=True)
     c_last = max(1, 512 // width_div)
     m.avgpool = nn.AdaptiveAvgPool2d(head_pool)
-    m.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_last * head_pool * head_pool, num_classes))
-    nn.init.normal_(m.classifier[1].weight, 0, 0.01)
-    nn.init.zeros_(m.classifier[1].bias)
+    if head == "torchvision":
+        m.classifier = nn.Sequential(nn.Linear(c_last * head_pool * head_pool, 4096), nn.ReLU(False), nn.Dropout(dropout),
+                                     nn.Linear(4096, 4096), nn.ReLU(False), nn.Dropout(dropout), nn.Linear(4096, num_classes))
+    elif head == "voc":
+        m.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_last * head_pool * head_pool, num_classes))
+        nn.init.normal_(m.classifier[1].weight, 0, 0.01)
+        nn.init.zeros_(m.classifier[1].bias)
+    else:
+        raise ModelError(f"head={head!r}: use voc or torchvision")
     m.apnb_spec = dict(arch=arch, num_classes=num_classes, width_div=width_div, n_pools=n_pools,
-                       head_pool=head_pool, dropout=dropout)
+                       head_pool=head_pool, dropout=dropout, **({"head": head} if head != "voc" else {}))
     return m
 
 
-def resnet34(num_classes=1000) -> nn.Module:
-    m = tv_resnet34(num_classes=num_classes)
+def resnet34(num_classes=1000, width_div: int = 1, maxpool: bool = True) -> nn.Module:
+    """torchvision's ResNet34; ``width_div`` > 1 divides every stage width (64..512) for CPU-sized runs,
+    ``maxpool=False`` drops the stem's max-pooling so that a 64 px input still gives a 4x4 last conv map.
+
+    The slim variant is still a torchvision ``ResNet`` of ``BasicBlock`` s (same module names, so zennit's
+    ResNet canonizer and torch-pruning treat it like the real one).
+    """
+    if width_div == 1:
+        m = tv_resnet34(num_classes=num_classes)
+    else:
+        from torchvision.models.resnet import BasicBlock, ResNet
+
+        m = ResNet(BasicBlock, [3, 4, 6, 3], num_classes=num_classes)
+        w = [max(64 // width_div, 4), max(128 // width_div, 4), max(256 // width_div, 4), max(512 // width_div, 4)]
+        m.inplanes = w[0]
+        m.conv1 = nn.Conv2d(3, w[0], kernel_size=7, stride=2, padding=3, bias=False)
+        m.bn1 = nn.BatchNorm2d(w[0])
+        m.layer1 = m._make_layer(BasicBlock, w[0], 3)
+        m.layer2 = m._make_layer(BasicBlock, w[1], 4, stride=2)
+        m.layer3 = m._make_layer(BasicBlock, w[2], 6, stride=2)
+        m.layer4 = m._make_layer(BasicBlock, w[3], 3, stride=2)
+        m.fc = nn.Linear(w[3], num_classes)
+        for mod in m.modules():
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+    if not maxpool:
+        m.maxpool = nn.Identity()
     for mod in m.modules():
         if isinstance(mod, nn.ReLU):
             mod.inplace = False
-    m.apnb_spec = dict(arch="resnet34", num_classes=num_classes)
+    m.apnb_spec = dict(arch="resnet34", num_classes=num_classes, **({"width_div": width_div} if width_div != 1 else {}),
+                       **({"maxpool": False} if not maxpool else {}))
     return m
 
 
@@ -93,8 +128,10 @@ def torch_cache_weights(arch: str) -> Path:
 def load_imagenet_weights(model: nn.Module, arch: str) -> nn.Module:
     """Copy ImageNet-pretrained torchvision weights (from the local torch cache) into ``model``.
 
-    The classifier is left as initialised (the VOC head differs). Stops with a clear message when the
-    file is absent: never falls back silently to random initialisation.
+    Tensors are copied where name and shape match: the features always; the classifier only for a
+    1000-class torchvision head (``vgg(..., head="torchvision")``, ``resnet34(1000)``), the VOC head stays as
+    initialised. Stops with a clear message when the file is absent: never falls back silently to random
+    initialisation.
     """
     if arch not in TV_WEIGHTS:
         raise ModelError(f"no pretrained torchvision weights known for {arch!r}")
@@ -104,7 +141,7 @@ def load_imagenet_weights(model: nn.Module, arch: str) -> nn.Module:
                          f"the torch cache (TORCH_HOME/hub/checkpoints) or set pretrained: false in the profile")
     sd = torch.load(path, map_location="cpu", weights_only=True)
     own = model.state_dict()
-    keep = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape and not k.startswith(("classifier", "fc."))}
+    keep = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith(("features", "layer")) for k in keep):
         raise ModelError(f"weights {path} do not fit {arch} at this width: pretrained weights need width_div=1")
     model.load_state_dict(keep, strict=False)
