@@ -193,10 +193,14 @@ def prune_unstructured(teacher, teacher_key: str, method: str, data: dict, train
 def prune_structured(teacher, teacher_key: str, method: str, data: dict, train: dict, rate: float = 0.7,
                      image_size: int = 227, layers: list[str] | None = None, beta: float | None = None,
                      p: float = 0.3, match_layers=("last_conv",), store: Store | None = None, device="auto",
-                     progress=True, multilabel: bool = True):
-    """One-shot l1 structured pruning (Li et al.) then fine-tuning with task loss + beta * matching."""
+                     progress=True, multilabel: bool = True, match_opts: dict | None = None, eval_fn=None):
+    """One-shot l1 structured pruning (Li et al.) then fine-tuning with task loss + beta * matching.
+
+    ``match_opts``: further :class:`~apnb.matching.MatchingConfig` fields (center_logits, relu, per_neuron,
+    ...); ``eval_fn(model) -> dict`` is called after each fine-tuning epoch (its rows land in
+    ``info["history"]``)."""
     store = store or Store()
-    reg = matching_for(method, beta, p, match_layers)
+    reg = matching_for(method, beta, p, match_layers, **(match_opts or {}))
     model = copy.deepcopy(teacher).cpu()
     counts = C.prune_l1_structured(model, rate, torch.zeros(1, 3, image_size, image_size), layers)
     cfg = _key({"role": "structured", "teacher": teacher_key, "method": method, "match": reg.cfg.to_dict(),
@@ -206,7 +210,7 @@ def prune_structured(teacher, teacher_key: str, method: str, data: dict, train: 
         frozen_teacher = copy.deepcopy(teacher).eval()
         reg.check(model, frozen_teacher.cpu(), torch.zeros(1, 3, image_size, image_size))
         r = fit(model, Compress(frozen_teacher, reg, kd=False, multilabel=multilabel), data["train"], TrainConfig(**train),
-                store.dir("structured", cfg) / "train.ckpt", device=device, progress=progress)
+                store.dir("structured", cfg) / "train.ckpt", device=device, progress=progress, eval_fn=eval_fn)
         info = {"history": r.history}
         store.save("structured", cfg, model, info)
     info = dict(info, params_before=counts[0], params_after=counts[1], macs_before=counts[2], macs_after=counts[3])

@@ -99,3 +99,17 @@ def one_sample_diff(values) -> dict:
     """The :func:`paired_diff`-shaped summary of differences already taken (e.g. student - teacher per seed)."""
     mu, half, n = mean_ci(values)
     return {"diff": mu, "ci": half, "n": n, "p": float("nan")}
+
+
+def holm(pvalues) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error control over several paired comparisons)."""
+    p = [float(v) for v in pvalues]
+    order = sorted(range(len(p)), key=lambda i: (math.isnan(p[i]), p[i]))
+    out, running = [float("nan")] * len(p), 0.0
+    m = sum(not math.isnan(v) for v in p)
+    for rank, i in enumerate(order):
+        if math.isnan(p[i]):
+            continue
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out

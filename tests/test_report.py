@@ -32,3 +32,12 @@ def test_side_by_side_labels_paper_columns():
     t = report.side_by_side(ours, paper.table6_7(), ["method"], {"AUC": (100, 1)}, teacher={"AUC": 0.9})
     assert list(t.columns) == ["method", "AUC (ours)", "AUC (paper)"]
     assert t.iloc[0].tolist() == ["teacher", "90.0", 88.79] and t.iloc[1].tolist() == ["naive", "80.0 ± 1.0", 79.98]
+
+
+def test_holm_matches_hand_computation():
+    from apnb.report import holm
+
+    # p sorted: 0.01 (x3), 0.02 (x2), 0.04 (x1) -> 0.03, 0.04, 0.04 (monotone)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    out = holm([0.5, float("nan"), 0.6])
+    assert out[0] == pytest.approx(1.0) and out[2] == pytest.approx(1.0) and out[1] != out[1]
