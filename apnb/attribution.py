@@ -20,6 +20,8 @@ method              implementation
                     by the same rule)
 ``agi``             Adversarial Gradient Integration (Pan et al. 2021): :func:`agi`
 ``lpi``             Local Path Integration (the LPI supplement): :func:`lpi_references` + :func:`lpi`
+``occlusion``       captum ``Occlusion``: a ``window`` x ``window`` patch (default input/8) set to 0 (the mean
+                    after normalisation), moved by ``stride`` (default window/2): non-differentiable
 ==================  =====================================================================================
 
 Pixel maps (all but Grad-CAM) are summed over the colour channels. Every method leaves the model as it
@@ -36,7 +38,7 @@ from zennit.core import Hook
 
 from .gradcam import frozen, gradcam, mode
 
-METHODS = ("gradcam", "ebp", "lrp", "rap", "saliency", "inputgrad", "ig", "eg", "agi", "lpi")
+METHODS = ("gradcam", "ebp", "lrp", "rap", "saliency", "inputgrad", "ig", "eg", "agi", "lpi", "occlusion")
 
 
 def _canonizers(model):
@@ -356,7 +358,16 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
                     keys = ("references", "n_alphas", "seed", "alphas", "internal_batch_size")
                     a = lpi(model, x.detach(), target, **{k: v for k, v in options.items() if k in keys})
             return a.sum(1).detach()
-        from captum.attr import GradientShap, InputXGradient, IntegratedGradients, Saliency
+        from captum.attr import GradientShap, InputXGradient, IntegratedGradients, Occlusion, Saliency
+
+        if method == "occlusion":
+            w = int(options.get("window", max(1, x.shape[-1] // 8)))
+            st = int(options.get("stride", max(1, w // 2)))
+            with torch.no_grad():
+                a = Occlusion(model).attribute(x.detach(), sliding_window_shapes=(x.shape[1], w, w),
+                                               strides=(x.shape[1], st, st), baselines=0.0, target=target,
+                                               perturbations_per_eval=options.get("perturbations_per_eval", 16))
+            return a.sum(1).detach()
 
         with torch.enable_grad(), frozen(model):
             xx = x.detach().clone().requires_grad_(True)

@@ -178,3 +178,17 @@ def test_lpi_bad_input():
         lpi_references(model, torch.randn(5, 3, 8, 8), 2, 3)
     with pytest.raises(ValueError, match="needs references"):
         attribute(model, torch.randn(1, 3, 8, 8), 0, "lpi")
+
+
+def test_occlusion_on_a_linear_model_by_hand():
+    # f(x) = sum(w * x): occluding a non-overlapping 2x2 patch (all 3 channels) removes exactly its
+    # contribution; captum gives that difference to every occluded element (each is occluded once), so the
+    # channel-summed map is 3 x the patch's contribution at each of its pixels
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2, bias=False))
+    x = torch.randn(1, 3, 4, 4)
+    maps = attribute(lin, x, torch.tensor([1]), "occlusion", window=2, stride=2)
+    contrib = (lin[1].weight[1].view(3, 4, 4) * x[0]).detach()
+    patch = contrib.sum(0).view(2, 2, 2, 2).sum((1, 3))  # [2,2] patch totals
+    expected = 3 * patch.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    assert torch.allclose(maps[0], expected, atol=1e-5)
