@@ -179,6 +179,16 @@ def run_all(profile: str = "demo", overrides: dict | None = None, force: bool = 
     return [run_notebook(nb, profile, overrides, force) for nb in toc_notebooks()]
 
 
+def mathjax_dir() -> Path:
+    """The MathJax 3 ``es5`` folder the book serves itself (``make install`` puts it in .venv/npm)."""
+    env = os.environ.get("APNB_MATHJAX")
+    d = Path(env) if env else repo_root() / ".venv" / "npm" / "node_modules" / "mathjax" / "es5"
+    if not (d / "tex-chtml.js").exists():
+        raise RunError(f"MathJax not found at {d}: run `make install` (npm install --prefix .venv/npm mathjax@3) "
+                       f"or set APNB_MATHJAX to a MathJax 3 es5 folder; the book serves it for offline reading")
+    return d
+
+
 def build_book(profile: str = "demo", run: bool = True, force: bool = False) -> Path:
     """Execute every notebook of the toc (unless ``run=False``), stage the book and build it strictly."""
     root = repo_root()
@@ -194,6 +204,7 @@ def build_book(profile: str = "demo", run: bool = True, force: bool = False) -> 
     for f in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / f, stage / f)
     shutil.copytree(root / "book", stage / "book")
+    shutil.copytree(mathjax_dir(), stage / "_vendor" / "mathjax")  # not _static: Jupyter Book loads every .js there
     (stage / "notebooks").mkdir()
     for nb in toc_notebooks():
         ex = runs / nb.name

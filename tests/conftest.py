@@ -22,3 +22,23 @@ def small_vgg():
 
     torch.manual_seed(0)
     return vgg("vgg16_bn", num_classes=5, width_div=16, n_pools=2, head_pool=1)
+
+
+@pytest.fixture(scope="session")
+def smoke_runs():
+    """Every notebook of the toc executed at the smoke profile (skipped when unchanged); their run records."""
+    from apnb import records, runner
+
+    out = {}
+    for nb in runner.toc_notebooks():
+        runner.run_notebook(nb, "smoke")
+        out[nb.stem] = records.load(runner.runs_dir("smoke") / f"{nb.stem}.results.json")
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_book(smoke_runs):
+    """The smoke book built strictly (-W -n) from the smoke runs: the path of its index.html."""
+    from apnb import runner
+
+    return runner.build_book("smoke", run=False)

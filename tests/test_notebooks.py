@@ -5,7 +5,7 @@ import math
 import nbformat
 import pytest
 
-from apnb import records, runner
+from apnb import runner
 
 NOTEBOOKS = runner.toc_notebooks()
 ALL_SOURCES = sorted((runner.repo_root() / "notebooks").glob("*.ipynb"))
@@ -30,15 +30,6 @@ def test_sources_have_no_outputs_and_one_literal_parameters_cell(nb):
 @pytest.mark.unit
 def test_every_notebook_is_in_the_toc():
     assert sorted(NOTEBOOKS) == ALL_SOURCES
-
-
-@pytest.fixture(scope="session")
-def smoke_runs():
-    out = {}
-    for nb in NOTEBOOKS:
-        runner.run_notebook(nb, "smoke")
-        out[nb.stem] = records.load(runner.runs_dir("smoke") / f"{nb.stem}.results.json")
-    return out
 
 
 def _finite(v):
@@ -83,8 +74,8 @@ def test_distillation_record_structure(smoke_runs):
 
 
 @pytest.mark.book
-def test_smoke_book_builds_without_warnings(smoke_runs):
-    index = runner.build_book("smoke", run=False)
+def test_smoke_book_builds_without_warnings(smoke_book):
+    index = smoke_book
     assert index.exists()
     html = (index.parent / "notebooks" / "01_voc_distillation.html").read_text()
     assert "Traceback" not in html

@@ -1,0 +1,97 @@
+"""The built smoke book in headless Chromium, served on 127.0.0.1: every page renders, offline.
+
+Checks on every page of the book: no error or traceback output, every image loaded, every internal link
+(and its #anchor) resolves, equations rendered by MathJax, and no request for any host but 127.0.0.1.
+Screenshots of the home page and one results page go to ``build/test-artifacts/``.
+"""
+import functools
+import http.server
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+pytestmark = pytest.mark.book
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "test-artifacts"
+
+
+def _chromium():
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        msg = "chromium is not installed: `apt-get install chromium` (make install tries it)"
+        if os.environ.get("APNB_REQUIRE_BROWSER"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return exe
+
+
+@pytest.fixture(scope="module")
+def served(smoke_book):
+    root = smoke_book.parent
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield root, f"http://127.0.0.1:{srv.server_address[1]}/"
+    srv.shutdown()
+
+
+def _book_pages(root: Path):
+    pages = ["index.html"] + sorted(str(p.relative_to(root)) for d in ("notebooks", "book") for p in (root / d).glob("*.html"))
+    return pages
+
+
+def test_every_page_in_headless_chromium(served):
+    from playwright.sync_api import sync_playwright
+
+    root, base = served
+    exe = _chromium()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    external, problems = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("request", lambda r: external.append(r.url) if urlparse(r.url).hostname not in (None, "127.0.0.1") else None)
+        page.on("response", lambda r: problems.append(f"HTTP {r.status} for {r.url}") if r.status >= 400 else None)
+        for rel in _book_pages(root):
+            page.goto(base + rel, wait_until="networkidle")
+            if page.locator(".output.traceback, .output.error, .ansi-red-intense-fg").count():
+                problems.append(f"{rel}: an error/traceback output is shown")
+            broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+            problems += [f"{rel}: image not loaded: {s}" for s in broken]
+            if page.locator(".math").count():
+                try:
+                    page.wait_for_selector("mjx-container", timeout=20000)
+                except Exception:
+                    problems.append(f"{rel}: equations present but MathJax rendered none")
+                if page.locator("mjx-merror").count():
+                    problems.append(f"{rel}: MathJax reports an error in an equation")
+            for href in page.evaluate("Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"):
+                u = urlparse(href)
+                if u.hostname != "127.0.0.1":
+                    continue  # links out are allowed; only requests are not
+                target = root / unquote(u.path.lstrip("/"))
+                if target.is_dir():
+                    target = target / "index.html"
+                if not target.exists():
+                    problems.append(f"{rel}: broken internal link {href}")
+                elif u.fragment and target.suffix == ".html":
+                    if not re.search(rf'id="{re.escape(unquote(u.fragment))}"', target.read_text(errors="replace")):
+                        problems.append(f"{rel}: link to a missing anchor {href}")
+            if rel == "index.html":
+                page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
+            if rel.endswith("01_voc_distillation.html"):
+                page.screenshot(path=str(ARTIFACTS / "results-01_voc_distillation.png"), full_page=True)
+        browser.close()
+    assert not external, f"requests to external hosts: {sorted(set(external))[:10]}"
+    assert not problems, "\n".join(problems[:30])
+    assert (ARTIFACTS / "home.png").stat().st_size > 0 and (ARTIFACTS / "results-01_voc_distillation.png").exists()
