@@ -27,6 +27,16 @@ def main(argv=None):
     r.add_argument("-p", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="override one parameter (YAML value), repeatable")
     r.add_argument("--force", action="store_true", help="re-run even if nothing changed")
+    r.add_argument("--seeds", type=int, nargs="+", help="fan out one job per seed (with --executor)")
+    r.add_argument("--executor", choices=["local", "slurm"],
+                   help="submit the grid of notebooks x seeds as independent submitit jobs (local processes or "
+                        "Slurm array jobs) instead of running here, one after the other")
+    r.add_argument("--partition", help="Slurm partition")
+    r.add_argument("--gpus", type=int, default=1, help="GPUs per Slurm job (default 1)")
+    r.add_argument("--cpus", type=int, default=8, help="CPUs per Slurm job (default 8)")
+    r.add_argument("--timeout-min", type=int, default=24 * 60, help="time limit per job in minutes")
+    r.add_argument("--parallelism", type=int, default=16, help="Slurm array jobs running at once")
+    r.add_argument("--no-wait", action="store_true", help="submit and return without waiting for the jobs")
 
     b = sub.add_parser("book", help="execute all notebooks at a profile and build the HTML book (jupyter-book -W)")
     b.add_argument("--profile", default="demo")
@@ -61,7 +71,19 @@ def main(argv=None):
                 for nb in runner.toc_notebooks():
                     print(nb.relative_to(runner.repo_root()))
                 return 0
-            if args.all:
+            if args.executor:
+                from . import batch
+
+                nbs = runner.toc_notebooks() if args.all else [args.notebook] if args.notebook else []
+                if not nbs:
+                    r.error("give a notebook path or --all")
+                jobs = batch.plan(nbs, args.profile, args.seeds, _kv(args.p))
+                ex = batch.executor(args.executor, partition=args.partition, gpus=args.gpus, cpus=args.cpus,
+                                    timeout_min=args.timeout_min, parallelism=args.parallelism)
+                batch.submit(jobs, ex, wait=not args.no_wait)
+            elif args.seeds:
+                r.error("--seeds fans out jobs: add --executor local (or slurm); for one run use -p seeds '[0, 1]'")
+            elif args.all:
                 runner.run_all(args.profile, _kv(args.p), args.force)
             elif args.notebook:
                 runner.run_notebook(args.notebook, args.profile, _kv(args.p), args.force)
