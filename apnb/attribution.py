@@ -198,7 +198,7 @@ def agi(model, x, target, eps: float = 0.05, n_steps: int = 20, n_targets: int =
     sum over the classes (``p`` = softmax of the logits, y = explained class).
 
     ``eps`` is in [0,1] pixel units and the walk stays in the valid image range; the model's input is
-    ``(pixel - mean) / std`` (default: the VOC mean/std of :mod:`apnb.data`). ``n_targets`` false classes are
+    ``(pixel - mean) / std`` (default: the VOC mean/std of ``apnb.data``). ``n_targets`` false classes are
     drawn at random (all of them when there are fewer). Deliberate difference from pd90506/AGI: their step
     restarts from the original image at every iteration (``x_0 + eps*sign(...)``); we follow the paper's
     path, each step starting where the last ended.

@@ -76,7 +76,7 @@ class Supervised:
 class Compress:
     """Student objective: (KD or task loss) + beta * matching (paper Eq. 2).
 
-    ``kd=True``: Hinton KD against the teacher's logits (multi-label: :func:`compression.kd_multilabel`).
+    ``kd=True``: Hinton KD against the teacher's logits (multi-label: :func:`apnb.compression.kd_multilabel`).
     ``kd=False`` (pruning fine-tune, as the authors): task loss + beta * matching.
     """
 
@@ -287,7 +287,7 @@ class Store:
     """Checkpoints keyed by a hash of their configuration, so that a teacher is trained once and reused.
 
     ``store.path(kind, cfg)`` is ``<root>/<kind>-<hash>/model.pt``; ``cfg.json`` beside it records the
-    configuration. Finished models are saved with :meth:`save`; :meth:`load` returns None when absent.
+    configuration. Finished models are saved with ``save``; ``load`` returns None when absent.
     """
 
     def __init__(self, root: str | Path | None = None):

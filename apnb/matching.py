@@ -2,16 +2,16 @@
 
 Eq. (1): ``M = V(sum_c U_c T(A_c))``; Eq. (2): ``L = L_task + beta * sum_{j in I} || M_s/||M_s|| - M_t/||M_t|| ||^2``.
 
-=================  ==========================================  ==================================
-kind               maps                                        paper
-=================  ==========================================  ==================================
-``ewa``            ``mean_c A_c^2`` (U=1, T=square, V=id)      Eq. 3; = attention transfer
-``swa``            ``ReLU(sum_c u_c A_c)``, u = pooled dy_t/dA   Eq. 4-5 (Grad-CAM)
-``sswa``           as swa, ``U_c = R_c u_c``, R_c ~ Bern(1-p)  Eq. 6, masks i.i.d. per sample/channel
-``sswa_coded``     as swa, a fixed fraction p of the teacher's  the authors' code (not Eq. 6)
+=================  ==============================================  =======================================
+kind               maps                                            paper
+=================  ==============================================  =======================================
+``ewa``            ``mean_c A_c^2`` (U=1, T=square, V=id)          Eq. 3; = attention transfer
+``swa``            ``ReLU(sum_c u_c A_c)``, u = pooled dy_t/dA     Eq. 4-5 (Grad-CAM)
+``sswa``           as swa, ``U_c = R_c u_c``, R_c ~ Bern(1-p)      Eq. 6, masks i.i.d. per sample/channel
+``sswa_coded``     as swa, a fixed fraction p of the teacher's     the authors' code (not Eq. 6)
                    channels zeroed, same for the whole batch
-``grad_at``        the input gradient of the task loss         Zagoruyko & Komodakis' gradient AT
-=================  ==========================================  ==================================
+``grad_at``        the input gradient of the task loss             Zagoruyko & Komodakis' gradient AT
+=================  ==============================================  =======================================
 
 **Reduction and the scale of beta.** With ``reduction="mean"`` (default) the squared difference of the
 normalised maps is averaged over batch x H x W elements, as the authors' ``cal_l2loss`` / attention
