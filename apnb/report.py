@@ -50,19 +50,32 @@ def paired_diff(a, b) -> dict:
     return {"diff": mu, "ci": half, "n": n, "p": p}
 
 
-def verdict(diff: dict, what: str, paper_sign: int = 1) -> str:
-    """One sentence: does a paired difference support the paper's direction, contradict it, or not resolve it?"""
+def verdict(diff: dict, what: str, paper_sign: int | None = 1) -> str:
+    """One sentence: does a paired difference support the paper's direction, contradict it, or not resolve it?
+
+    ``paper_sign``: +1 the paper reports an increase, -1 a decrease, 0 no change (then an interval that
+    excludes 0 contradicts it), ``None`` the paper makes no claim (the sentence only says which side of 0
+    the interval lies on)."""
     mu, half, n = diff["diff"], diff["ci"], diff["n"]
-    if math.isnan(mu):
+    if mu is None or math.isnan(mu):
         return f"{what}: no data."
     if n < 2 or math.isnan(half):
         return f"{what}: {mu:+.3f} from a single seed, so no interval; this run cannot settle it."
     lo, hi = mu - half, mu + half
-    if paper_sign * lo > 0:
-        return f"{what}: {mu:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n={n}) — supports the paper's direction."
-    if paper_sign * hi < 0:
-        return f"{what}: {mu:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n={n}) — contradicts the paper's direction."
-    return f"{what}: {mu:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n={n}) — the interval includes 0: not resolved here."
+    head = f"{what}: {mu:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n={n})"
+    if paper_sign is None:
+        side = "positive" if lo > 0 else "negative" if hi < 0 else None
+        return f"{head} — {side}: the interval excludes 0." if side else f"{head} — the interval includes 0: not resolved here."
+    if paper_sign == 0:
+        if lo <= 0 <= hi:
+            return f"{head} — the interval includes 0: consistent with the paper's 'no change'."
+        return f"{head} — a difference that excludes 0: contradicts the paper's 'no change'."
+    s_lo, s_hi = sorted((paper_sign * lo, paper_sign * hi))
+    if s_lo > 0:
+        return f"{head} — supports the paper's direction."
+    if s_hi < 0:
+        return f"{head} — contradicts the paper's direction."
+    return f"{head} — the interval includes 0: not resolved here."
 
 
 def paired_by_seed(df: pd.DataFrame, metric: str, a: str, b: str, col: str = "method") -> dict:

@@ -25,6 +25,15 @@ def test_paired_diff_and_verdicts():
     assert "contradicts" in report.verdict(report.paired_diff([0.3, 0.4, 0.6], [0.1, 0.2, 0.3]), "x")
     assert "includes 0" in report.verdict(report.paired_diff([0.1, 0.5, 0.3], [0.2, 0.3, 0.35]), "x")
     assert "single seed" in report.verdict(report.paired_diff([0.1], [0.2]), "x")
+    # the paper reports a decrease (paper_sign -1): only an interval entirely below 0 supports it
+    assert "supports" in report.verdict({"diff": -0.1, "ci": 0.05, "n": 3}, "x", -1)
+    assert "includes 0" in report.verdict({"diff": -0.011, "ci": 0.023, "n": 3}, "x", -1)
+    assert "contradicts" in report.verdict({"diff": 0.1, "ci": 0.05, "n": 3}, "x", -1)
+    assert "includes 0" in report.verdict({"diff": 0.046, "ci": 0.061, "n": 3}, "x", -1)
+    assert "positive: the interval excludes 0" in report.verdict({"diff": 0.1, "ci": 0.05, "n": 3}, "x", None)
+    # the paper reports no change (paper_sign 0)
+    assert "consistent" in report.verdict({"diff": 0.01, "ci": 0.02, "n": 3}, "x", 0)
+    assert "contradicts" in report.verdict({"diff": -0.01, "ci": 0.008, "n": 3}, "x", 0)
 
 
 def test_side_by_side_labels_paper_columns():
