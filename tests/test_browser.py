@@ -3,6 +3,7 @@
 Checks on every page of the book: no error or traceback output, every image loaded, every internal link
 (and its #anchor) resolves, equations rendered by MathJax, and no request for any host but 127.0.0.1.
 Screenshots of the home page and one results page go to ``build/test-artifacts/``.
+``APNB_BROWSER_BOOK=<path of an index.html>`` checks another built book instead (e.g. the demo book).
 """
 import functools
 import http.server
@@ -31,8 +32,9 @@ def _chromium():
 
 
 @pytest.fixture(scope="module")
-def served(smoke_book):
-    root = smoke_book.parent
+def served(request):
+    other = os.environ.get("APNB_BROWSER_BOOK")
+    root = Path(other).resolve().parent if other else request.getfixturevalue("smoke_book").parent
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass
