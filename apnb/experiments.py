@@ -26,6 +26,12 @@ from .matching import AttributionMatching, MatchingConfig
 METHODS = ("naive", "ewa", "swa", "sswa")
 
 
+def _data_id(root: Path, train) -> dict:
+    """Identifies the data in store keys: the generator's parameters, or the real dataset's path and size."""
+    stamp = root / "apnb_synth.json"
+    return json.loads(stamp.read_text()) if stamp.exists() else {"root": str(root), "n_train": len(train)}
+
+
 def voc_data(data_root: str, synth: dict | None, image_size: int, augment: bool = True, crop_scale=(0.5, 1.0),
              limit: int | None = None) -> dict:
     """The VOC splits: ``pretrain`` (synthetic only), ``train`` (augmented), ``train_eval``, ``val``, ``loc``.
@@ -46,9 +52,7 @@ def voc_data(data_root: str, synth: dict | None, image_size: int, augment: bool 
         d["val_nocue"] = VOCClassification(root, "val_nocue", **kw)
         d["loc_nocue"] = VOCLocalization(root, "val_nocue", size=image_size, limit=limit)
     d["classes"] = d["train"].classes
-    stamp = root / "apnb_synth.json"
-    # identifies the data in store keys: the generator's parameters, or the real dataset's path and size
-    d["id"] = json.loads(stamp.read_text()) if stamp.exists() else {"root": str(root), "n_train": len(d["train"])}
+    d["id"] = _data_id(root, d["train"])
     return d
 
 
@@ -86,8 +90,7 @@ def imagenet_data(data_root: str, synth: dict | None, image_size: int, gtsegs: s
     else:
         d["val"] = d["loc"] = ImageNetS(root, "validation", size=image_size, limit=limit)
     d["classes"] = d["train"].wnids
-    stamp = root / "apnb_synth.json"
-    d["id"] = json.loads(stamp.read_text()) if stamp.exists() else {"root": str(root), "n_train": len(d["train"])}
+    d["id"] = _data_id(root, d["train"])
     return d
 
 
