@@ -312,3 +312,45 @@ def roar_voc(train_xy, test_xy, maps: dict, fractions, classifier_spec: dict, tr
         df = Fa.roar(make, train_fn, score_fn, (*train_xy, tr_maps), (*test_xy, te_maps), fractions, fill, seed=seed)
         frames.append(df.assign(ranking=name)[["ranking", "fraction", "F1", "mAP"]])
     return pd.concat(frames, ignore_index=True)
+
+
+def quantize(teacher, teacher_key: str, method: str, data: dict, train: dict | None, bits: int = 8,
+             calib_images: int = 256, beta: float | None = None, p: float = 0.3, layers=("last_conv",),
+             store: Store | None = None, device="auto", progress=True):
+    """Int8 quantization of the full network (study 7; :mod:`apnb.quantization`): returns the frozen
+    fake-quant network and ``info``.
+
+    ``train=None``: PTQ, min/max calibration on ``calib_images`` training images (the first ones of a
+    permutation drawn from seed 0; not stored: it takes seconds). Otherwise QAT: the
+    network is prepared with moving-average observers from those images, then fine-tuned with
+    ``train`` (task loss + beta * matching ``method`` against the fp32 network, Eq. 2) and stored.
+    """
+    from . import quantization as Q
+
+    from torch.utils.data import Subset
+
+    seed = (train or {}).get("seed", 0)
+    plain = copy.copy(data["train"])  # the training images without augmentation (the val transform)
+    plain.transform = data["val"].transform
+    idx = torch.randperm(len(plain), generator=torch.Generator().manual_seed(seed))[:calib_images].tolist()
+    x_cal, _ = tensors(Subset(plain, idx))
+    if train is None:
+        if method != "naive":
+            raise ValueError(f"PTQ trains nothing, so method={method!r} cannot apply: use naive, or give train= for QAT")
+        q = Q.prepare(teacher, x_cal[:64], bits, "ptq")
+        return Q.calibrate(q, x_cal), {"mode": "ptq", "bits": bits, "calib_images": len(x_cal)}
+    store = store or Store()
+    reg = matching_for(method, beta, p, layers)
+    cfg = _key({"role": "qat", "teacher": teacher_key, "method": method, "match": reg.cfg.to_dict(), "train": train,
+                "bits": bits, "calib_images": calib_images, "engine": Q.ENGINE})
+    q = Q.prepare(teacher, x_cal[:64], bits, "qat")
+    info = store.load("quantized", cfg, q)
+    if info is None:
+        frozen_teacher = copy.deepcopy(teacher).eval()
+        reg.check(q, frozen_teacher.cpu(), x_cal[:1])
+        r = fit(q, Compress(frozen_teacher, reg, kd=False), data["train"], TrainConfig(**train),
+                store.dir("quantized", cfg) / "train.ckpt", device=device, progress=progress)
+        Q.freeze(q)
+        info = {"history": r.history, "seconds": r.seconds}
+        store.save("quantized", cfg, q, info)
+    return Q.freeze(q.cpu()), dict(info, mode="qat", bits=bits)

@@ -153,6 +153,9 @@ def layer_alias(model: nn.Module, name: str) -> str:
     names = dict(model.named_modules())
     if name in names:
         return name
+    aliases = getattr(model, "apnb_layer_aliases", None)  # set by apnb.quantization.QuantReady
+    if aliases and name in aliases:
+        return aliases[name]
     feats = getattr(model, "features", None)
     if isinstance(feats, nn.Sequential):
         idx = list(range(len(feats)))
