@@ -316,12 +316,12 @@ def roar_voc(train_xy, test_xy, maps: dict, fractions, classifier_spec: dict, tr
 
 def quantize(teacher, teacher_key: str, method: str, data: dict, train: dict | None, bits: int = 8,
              calib_images: int = 256, beta: float | None = None, p: float = 0.3, layers=("last_conv",),
-             store: Store | None = None, device="auto", progress=True):
+             store: Store | None = None, device="auto", progress=True, seed: int = 0):
     """Int8 quantization of the full network (study 7; :mod:`apnb.quantization`): returns the frozen
     fake-quant network and ``info``.
 
     ``train=None``: PTQ, min/max calibration on ``calib_images`` training images (the first ones of a
-    permutation drawn from seed 0; not stored: it takes seconds). Otherwise QAT: the
+    permutation drawn from ``seed``; not stored: it takes seconds). Otherwise QAT: the
     network is prepared with moving-average observers from those images, then fine-tuned with
     ``train`` (task loss + beta * matching ``method`` against the fp32 network, Eq. 2) and stored.
     """
@@ -329,7 +329,7 @@ def quantize(teacher, teacher_key: str, method: str, data: dict, train: dict | N
 
     from torch.utils.data import Subset
 
-    seed = (train or {}).get("seed", 0)
+    seed = train.get("seed", 0) if train else seed
     plain = copy.copy(data["train"])  # the training images without augmentation (the val transform)
     plain.transform = data["val"].transform
     idx = torch.randperm(len(plain), generator=torch.Generator().manual_seed(seed))[:calib_images].tolist()
