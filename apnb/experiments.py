@@ -273,6 +273,21 @@ def tensors(dataset, device="cpu"):
     return torch.cat(xs).to(device), torch.cat(ys).to(device)
 
 
+def train_images(data: dict, n: int, seed: int | None = None):
+    """``(x, y)`` tensors of ``n`` training images without augmentation (the val transform): the first ``n``,
+    or ``n`` drawn with ``seed``. Works for the VOC/ImageNet datasets and for tensor datasets (CIFAR)."""
+    from torch.utils.data import Subset
+
+    plain = data["train"]
+    if hasattr(plain, "transform") and hasattr(data["val"], "transform"):
+        plain = copy.copy(plain)  # shares the image cache; only the transform differs
+        plain.transform = data["val"].transform
+    n = min(n, len(plain))
+    idx = (torch.randperm(len(plain), generator=torch.Generator().manual_seed(seed))[:n].tolist() if seed is not None
+           else list(range(n)))
+    return tensors(Subset(plain, idx))
+
+
 def gradcam_maps(model, x, layer="last_conv", device="auto", batch_size=128):
     """Grad-CAM maps of each image's top-1 class, upsampled to the input size: ``[N,H,W]`` on the CPU."""
     from .gradcam import gradcam as _gc
@@ -284,34 +299,64 @@ def gradcam_maps(model, x, layer="last_conv", device="auto", batch_size=128):
 
 
 def roar_voc(train_xy, test_xy, maps: dict, fractions, classifier_spec: dict, train_cfg: dict, device="auto",
-             seed: int = 0) -> pd.DataFrame:
-    """ROAR on VOC-format data (paper Figure 7): for each ranking in ``maps`` (name -> (train maps, test maps);
-    ``None`` = random) and each fraction, the top pixels are replaced by the data mean (0 after normalisation)
-    and a fresh classifier (VGG-11 in the paper) is trained and scored (F1 and mAP on the modified test set)."""
+             seed: int = 0, multilabel: bool = True, kind: str = "roar") -> pd.DataFrame:
+    """ROAR (paper Figure 7) or DiffROAR with retraining, on tensors: for each ranking in ``maps`` (name ->
+    (train maps, test maps); ``None`` = random) and each fraction, pixels are replaced by the data mean (0
+    after normalisation) and a fresh classifier (``classifier_spec``; VGG-11 in the paper) is trained and
+    scored on the equally modified test set.
+
+    ``kind="roar"``: the top fraction removed; columns ``F1`` and ``mAP`` (``multilabel``, VOC) or ``acc``
+    (single label, CIFAR). ``kind="diffroar"`` (the LPI supplement): score with the top fraction kept minus
+    score with the bottom fraction kept, columns ``top_kept``, ``bottom_kept``, ``diffroar`` of the main
+    score (F1 or accuracy)."""
     from torch.utils.data import TensorDataset
 
     from . import faithfulness as Fa
     from . import metrics as Mt
 
+    if kind not in ("roar", "diffroar"):
+        raise ValueError(f"kind={kind!r}: use roar or diffroar")
     fill = train_xy[0].mean((0, 2, 3))
 
     def make():
         return M.build(classifier_spec)
 
     def train_fn(model, x, y):
-        fit(model, Supervised(True), TensorDataset(x, y), TrainConfig(**dict(train_cfg, seed=seed)), device=device,
+        fit(model, Supervised(multilabel), TensorDataset(x, y), TrainConfig(**dict(train_cfg, seed=seed)), device=device,
             progress=False)
 
     def score_fn(model, x, y):
         logits, y = E.predict(model, TensorDataset(x, y), device)
-        return {"F1": Mt.f1_samples(logits, y), "mAP": Mt.voc_map(logits, y)}
+        if multilabel:
+            return {"F1": Mt.f1_samples(logits, y), "mAP": Mt.voc_map(logits, y)}
+        return {"acc": float((logits.argmax(1) == y).float().mean())}
 
+    main = "F1" if multilabel else "acc"
     frames = []
     for name, mm in maps.items():
         tr_maps, te_maps = mm if mm is not None else (None, None)
-        df = Fa.roar(make, train_fn, score_fn, (*train_xy, tr_maps), (*test_xy, te_maps), fractions, fill, seed=seed)
-        frames.append(df.assign(ranking=name)[["ranking", "fraction", "F1", "mAP"]])
+        if kind == "roar":
+            df = Fa.roar(make, train_fn, score_fn, (*train_xy, tr_maps), (*test_xy, te_maps), fractions, fill, seed=seed)
+            frames.append(df.assign(ranking=name)[["ranking", "fraction", *(["F1", "mAP"] if multilabel else ["acc"])]])
+        else:
+            df = Fa.diffroar(make, train_fn, lambda m, x, y: score_fn(m, x, y)[main], (*train_xy, tr_maps),
+                             (*test_xy, te_maps), fractions, fill, seed=seed)
+            frames.append(df.assign(ranking=name)[["ranking", "fraction", "top_kept", "bottom_kept", "diffroar"]])
     return pd.concat(frames, ignore_index=True)
+
+
+def cifar_data(root: str, num_classes: int = 10, limit_train: int | None = None, limit_test: int | None = None) -> dict:
+    """CIFAR-10/100 (python pickle batches under ``root``) as ``train`` / ``val`` tensor datasets with a store id;
+    the LPI supplement's data (single label, 32 px)."""
+    from .data.cifar import load_cifar
+
+    tr, te = load_cifar(root, True, num_classes), load_cifar(root, False, num_classes)
+    if limit_train:
+        tr = torch.utils.data.TensorDataset(*(t[:limit_train] for t in tr.tensors))
+    if limit_test:
+        te = torch.utils.data.TensorDataset(*(t[:limit_test] for t in te.tensors))
+    return {"root": Path(root), "train": tr, "val": te, "classes": list(range(num_classes)),
+            "id": {"root": str(root), "cifar": num_classes, "n_train": len(tr), "n_test": len(te)}}
 
 
 def quantize(teacher, teacher_key: str, method: str, data: dict, train: dict | None, bits: int = 8,
@@ -327,13 +372,8 @@ def quantize(teacher, teacher_key: str, method: str, data: dict, train: dict | N
     """
     from . import quantization as Q
 
-    from torch.utils.data import Subset
-
     seed = train.get("seed", 0) if train else seed
-    plain = copy.copy(data["train"])  # the training images without augmentation (the val transform)
-    plain.transform = data["val"].transform
-    idx = torch.randperm(len(plain), generator=torch.Generator().manual_seed(seed))[:calib_images].tolist()
-    x_cal, _ = tensors(Subset(plain, idx))
+    x_cal, _ = train_images(data, calib_images, seed)
     if train is None:
         if method != "naive":
             raise ValueError(f"PTQ trains nothing, so method={method!r} cannot apply: use naive, or give train= for QAT")

@@ -109,6 +109,55 @@ def resnet34(num_classes=1000, width_div: int = 1, maxpool: bool = True) -> nn.M
     return m
 
 
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016, "Identity mappings"): BN-ReLU-conv twice plus the shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.bn1, self.relu1 = nn.BatchNorm2d(c_in), nn.ReLU(inplace=False)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2, self.relu2 = nn.BatchNorm2d(c_out), nn.ReLU(inplace=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = (nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None)
+
+    def forward(self, x):
+        out = self.relu1(self.bn1(x))
+        sc = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv2(self.relu2(self.bn2(self.conv1(out))))
+        return out + sc
+
+
+class PreActResNet(nn.Module):
+    """PreActResNet-18 for 32 px CIFAR images, the network of the LPI supplement's ROAR/DiffROAR runs.
+
+    A 3x3 stem (no max-pooling), four stages of two :class:`PreActBlock` (widths 64..512, divided by
+    ``width_div``), a final BN-ReLU (``relu``, the last-conv layer for Grad-CAM), global average pooling and
+    a linear layer. torchvision has no pre-activation ResNet, hence this small definition.
+    """
+
+    def __init__(self, num_classes: int = 10, width_div: int = 1):
+        super().__init__()
+        w = [max(c // width_div, 4) for c in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(3, w[0], 3, 1, 1, bias=False)
+        stages, c_in = [], w[0]
+        for i, c in enumerate(w):
+            stages.append(nn.Sequential(PreActBlock(c_in, c, 1 if i == 0 else 2), PreActBlock(c, c)))
+            c_in = c
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.bn, self.relu = nn.BatchNorm2d(w[3]), nn.ReLU(inplace=False)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(w[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.apnb_spec = dict(arch="preact_resnet18", num_classes=num_classes,
+                              **({"width_div": width_div} if width_div != 1 else {}))
+
+    def forward(self, x):
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
+        return self.fc(torch.flatten(self.avgpool(self.relu(self.bn(x))), 1))
+
+
 def build(spec: dict) -> nn.Module:
     """Build from a spec dict (``arch`` plus the keyword arguments of :func:`vgg` or :func:`resnet34`)."""
     spec = dict(spec)
@@ -117,7 +166,9 @@ def build(spec: dict) -> nn.Module:
         return vgg(arch, **spec)
     if arch == "resnet34":
         return resnet34(**spec)
-    raise ModelError(f"unknown arch {arch!r}: use vgg16_bn, vgg11_bn or resnet34")
+    if arch == "preact_resnet18":
+        return PreActResNet(**spec)
+    raise ModelError(f"unknown arch {arch!r}: use vgg16_bn, vgg11_bn, resnet34 or preact_resnet18")
 
 
 def torch_cache_weights(arch: str) -> Path:
@@ -165,6 +216,8 @@ def layer_alias(model: nn.Module, name: str) -> str:
             return f"features.{after[0]}"
         if name in ("last_pool", "pool5"):
             return f"features.{len(feats) - 1}"
+    elif isinstance(model, PreActResNet) and name in ("last_conv", "last_pool"):
+        return "relu"  # the final BN-ReLU after the last block
     elif hasattr(model, "layer4") and name in ("last_conv", "last_pool"):
         return "layer4"
     raise ModelError(f"unknown layer {name!r}: use a module path such as {list(names)[1:4]} or last_conv / last_pool")

@@ -1,0 +1,59 @@
+"""The LPI supplement's path (study 9): CIFAR pickle batches -> PreActResNet-18 -> maps -> ROAR / DiffROAR."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from apnb import experiments as X
+from apnb import models as M
+from apnb.attribution import attribute
+from apnb.engine import Store
+from apnb.gradcam import gradcam
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory):
+    """CIFAR-10 python batches where class c is a bright square in quadrant c % 4 (learnable, localised)."""
+    root = tmp_path_factory.mktemp("cifar-10-batches-py")
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}", 24) for i in range(1, 6)] + [("test_batch", 40)]:
+        labels = rng.integers(0, 4, n)
+        img = rng.integers(0, 60, (n, 3, 32, 32), dtype=np.uint8)
+        for j, c in enumerate(labels):
+            r, q = divmod(int(c), 2)
+            img[j, :, r * 16 + 2:r * 16 + 14, q * 16 + 2:q * 16 + 14] = 250
+        with open(root / name, "wb") as f:
+            pickle.dump({"data": img.reshape(n, -1), "labels": labels.tolist()}, f)
+    return root
+
+
+def test_preact_resnet18():
+    m = M.build({"arch": "preact_resnet18", "num_classes": 10})
+    assert sum(p.numel() for p in m.parameters()) == pytest.approx(11.17e6, rel=0.01)  # PreActResNet-18
+    slim = M.build({"arch": "preact_resnet18", "num_classes": 4, "width_div": 8}).eval()
+    assert M.layer_alias(slim, "last_conv") == "relu"
+    maps, logits = gradcam(slim, torch.randn(2, 3, 32, 32), "last_conv")
+    assert maps.shape == (2, 4, 4) and logits.shape == (2, 4)
+
+
+def test_cifar_roar_and_diffroar(cifar_root, tmp_path):
+    data = X.cifar_data(str(cifar_root), 10)
+    assert len(data["train"]) == 120 and len(data["val"]) == 40
+    spec = {"arch": "preact_resnet18", "num_classes": 10, "width_div": 16}
+    train = {"epochs": 6, "lr": 0.01, "optimizer": "adamw", "schedule": "onecycle", "batch_size": 20, "seed": 0}
+    model, _ = X.get_teacher(spec, data, train, store=Store(tmp_path), device="cpu", progress=False, multilabel=False)
+    tr, te = X.train_images(data, 120), X.train_images({"train": data["val"], "val": data["val"]}, 40)
+    with torch.no_grad():
+        assert (model(te[0]).argmax(1) == te[1]).float().mean() > 0.5  # the explained model learned the squares
+    maps = {"inputgrad": tuple(attribute(model, x, y, "inputgrad") for x, y in (tr, te)), "random": None}
+    clf = {"arch": "preact_resnet18", "num_classes": 10, "width_div": 16}
+    r = X.roar_voc(tr, te, maps, [0.0, 0.9], clf, train, "cpu", multilabel=False, kind="roar")
+    assert list(r.columns) == ["ranking", "fraction", "acc"] and r.acc.between(0, 1).all()
+    d = X.roar_voc(tr, te, maps, [0.1], clf, train, "cpu", multilabel=False, kind="diffroar")
+    assert list(d.columns) == ["ranking", "fraction", "top_kept", "bottom_kept", "diffroar"]
+    assert np.allclose(d.diffroar, d.top_kept - d.bottom_kept)
+    with pytest.raises(ValueError, match="kind="):
+        X.roar_voc(tr, te, maps, [0.1], clf, train, "cpu", kind="road")
