@@ -200,7 +200,10 @@ def load_imagenet_weights(model: nn.Module, arch: str) -> nn.Module:
 
 
 def layer_alias(model: nn.Module, name: str) -> str:
-    """Resolve ``last_conv`` / ``last_pool`` / ``conv5_3`` / ``pool5`` to a module path."""
+    """Resolve ``last_conv`` / ``last_pool`` / ``conv5_3`` / ``pool5`` / ``conv4_3`` (VGG16) to a module path.
+
+    At the CPU sizes (``n_pools`` < 5) the pool5 slot is an ``Identity``: ``last_pool`` is then the same
+    tensor as ``last_conv``, and conv4_3 has conv5_3's resolution."""
     names = dict(model.named_modules())
     if name in names:
         return name
@@ -216,6 +219,9 @@ def layer_alias(model: nn.Module, name: str) -> str:
             return f"features.{after[0]}"
         if name in ("last_pool", "pool5"):
             return f"features.{len(feats) - 1}"
+        if name == "conv4_3" and len(convs) >= 4:  # VGG16: the last conv of block 4, the 4th conv from the end
+            after = [i for i in idx if i > convs[-4] and isinstance(feats[i], nn.ReLU)]
+            return f"features.{after[0]}"
     elif isinstance(model, PreActResNet) and name in ("last_conv", "last_pool"):
         return "relu"  # the final BN-ReLU after the last block
     elif hasattr(model, "layer4") and name in ("last_conv", "last_pool"):
