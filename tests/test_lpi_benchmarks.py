@@ -52,8 +52,10 @@ def test_cifar_roar_and_diffroar(cifar_root, tmp_path):
     clf = {"arch": "preact_resnet18", "num_classes": 10, "width_div": 16}
     r = X.roar_voc(tr, te, maps, [0.0, 0.9], clf, train, "cpu", multilabel=False, kind="roar")
     assert list(r.columns) == ["ranking", "fraction", "acc"] and r.acc.between(0, 1).all()
+    assert len(r) == 4 and r[r.fraction == 0].acc.nunique() == 1  # the unmodified baseline is shared
     d = X.roar_voc(tr, te, maps, [0.1], clf, train, "cpu", multilabel=False, kind="diffroar")
     assert list(d.columns) == ["ranking", "fraction", "top_kept", "bottom_kept", "diffroar"]
     assert np.allclose(d.diffroar, d.top_kept - d.bottom_kept)
+    assert float(d[d.ranking == "random"].diffroar.iloc[0]) == 0.0
     with pytest.raises(ValueError, match="kind="):
         X.roar_voc(tr, te, maps, [0.1], clf, train, "cpu", kind="road")
