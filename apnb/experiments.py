@@ -308,7 +308,8 @@ def roar_voc(train_xy, test_xy, maps: dict, fractions, classifier_spec: dict, tr
     ``kind="roar"``: the top fraction removed; columns ``F1`` and ``mAP`` (``multilabel``, VOC) or ``acc``
     (single label, CIFAR). ``kind="diffroar"`` (the LPI supplement): score with the top fraction kept minus
     score with the bottom fraction kept, columns ``top_kept``, ``bottom_kept``, ``diffroar`` of the mAP
-    (multi-label: a briefly retrained classifier's samples-F1 is near 0 at any fraction) or the accuracy.
+    (multi-label: retrained on a few hundred images, the samples-F1 can sit near 0 at every fraction while
+    the mAP still ranks) or the accuracy.
     The unmodified baseline (fraction 0) is trained once and shared by all rankings."""
     from torch.utils.data import TensorDataset
 
