@@ -374,7 +374,7 @@ def cifar_data(root: str, num_classes: int = 10, limit_train: int | None = None,
 
 def quantize(teacher, teacher_key: str, method: str, data: dict, train: dict | None, bits: int = 8,
              calib_images: int = 256, beta: float | None = None, p: float = 0.3, layers=("last_conv",),
-             store: Store | None = None, device="auto", progress=True, seed: int = 0):
+             store: Store | None = None, device="auto", progress=True, seed: int = 0, multilabel: bool = True):
     """Int8 quantization of the full network (study 7; :mod:`apnb.quantization`): returns the frozen
     fake-quant network and ``info``.
 
@@ -395,13 +395,14 @@ def quantize(teacher, teacher_key: str, method: str, data: dict, train: dict | N
     store = store or Store()
     reg = matching_for(method, beta, p, layers)
     cfg = _key({"role": "qat", "teacher": teacher_key, "method": method, "match": reg.cfg.to_dict(), "train": train,
-                "bits": bits, "calib_images": calib_images, "engine": Q.ENGINE})
+                "bits": bits, "calib_images": calib_images, "engine": Q.ENGINE,
+                **({} if multilabel else {"multilabel": False})})
     q = Q.prepare(teacher, x_cal[:64], bits, "qat")
     info = store.load("quantized", cfg, q)
     if info is None:
         frozen_teacher = copy.deepcopy(teacher).eval()
         reg.check(q, frozen_teacher.cpu(), x_cal[:1])
-        r = fit(q, Compress(frozen_teacher, reg, kd=False), data["train"], TrainConfig(**train),
+        r = fit(q, Compress(frozen_teacher, reg, kd=False, multilabel=multilabel), data["train"], TrainConfig(**train),
                 store.dir("quantized", cfg) / "train.ckpt", device=device, progress=progress)
         Q.freeze(q)
         info = {"history": r.history, "seconds": r.seconds}
