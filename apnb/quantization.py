@@ -60,7 +60,7 @@ class QuantReady(nn.Module):
         if not isinstance(getattr(vgg, "features", None), nn.Sequential):
             raise ModelError("quantization supports the VGG networks (features/avgpool/classifier); got "
                              f"{type(vgg).__name__}: use arch vgg16_bn or vgg11_bn")
-        self.apnb_layer_aliases = {n: layer_alias(vgg, n) for n in ("last_conv", "last_pool", "conv5_3", "pool5")}
+        self.apnb_layer_aliases = {n: layer_alias(vgg, n) for n in ("last_conv", "last_pool", "conv5_3", "pool5", "conv4_3")}
         self.apnb_spec = dict(getattr(vgg, "apnb_spec", {}))
         self.quant = tq.QuantStub()
         self.features, self.avgpool, self.classifier = vgg.features, vgg.avgpool, vgg.classifier
@@ -110,6 +110,8 @@ def prepare(model: nn.Module, example: torch.Tensor, bits: int = 8, mode: str = 
     can then be loaded) and QAT starts from these images' ranges. BatchNorm statistics are frozen.
     Observers stay on: calibrate (PTQ) or train (QAT), then call :func:`freeze`.
     """
+    if ENGINE not in _SUPPORTED:
+        raise RuntimeError(f"APNB_QENGINE={ENGINE!r} is not a quantized engine of this torch build: use one of {_SUPPORTED}")
     torch.backends.quantized.engine = ENGINE
     q = QuantReady(copy.deepcopy(model).cpu().train())
     tq.fuse_modules_qat(q, _fusion_groups(q.features), inplace=True)
