@@ -41,8 +41,7 @@ from torch.ao import quantization as tq
 from .models import ModelError, layer_alias
 
 # oneDNN by default: after QAT, fbgemm's kernels (torch's "x86" default) disagreed with the fake-quant network
-# by a third of the logit range on the demo teacher while onednn and qnnpack agreed within 0.4 % (see the
-# quantization notebook); $APNB_QENGINE overrides.
+# on the demo teacher while onednn and qnnpack agreed (benchmarks/check_qengines.py); $APNB_QENGINE overrides.
 _SUPPORTED = torch.backends.quantized.supported_engines
 ENGINE = os.environ.get("APNB_QENGINE") or next(e for e in ("onednn", "qnnpack", "x86", "fbgemm") if e in _SUPPORTED)
 
@@ -71,7 +70,7 @@ class QuantReady(nn.Module):
         return self.dequant(self.classifier(torch.flatten(x, 1)))
 
 
-def qconfig(bits: int = 8, mode: str = "qat") -> tq.QConfig:
+def qconfig(bits: int = 8, mode: str = "qat", engine: str | None = None) -> tq.QConfig:
     """Fake-quant qconfig: per-tensor affine activations, per-channel symmetric weights.
 
     ``mode="ptq"``: plain min/max observers (calibration); ``"qat"``: moving-average min/max (training).
@@ -81,7 +80,7 @@ def qconfig(bits: int = 8, mode: str = "qat") -> tq.QConfig:
     if mode not in ("ptq", "qat"):
         raise ValueError(f"mode={mode!r}: use ptq or qat")
     act_max = 2 ** bits - 1
-    if bits == 8 and ENGINE in ("x86", "fbgemm"):
+    if bits == 8 and (engine or ENGINE) in ("x86", "fbgemm"):
         act_max = 127  # reduce_range: 7-bit activations on x86, as torch.ao's default x86 qconfig
     w_max = 2 ** (bits - 1) - 1
     act_obs = tq.MinMaxObserver if mode == "ptq" else tq.MovingAverageMinMaxObserver
@@ -102,26 +101,30 @@ def _fusion_groups(features: nn.Sequential) -> list[list[str]]:
     return groups
 
 
-def prepare(model: nn.Module, example: torch.Tensor, bits: int = 8, mode: str = "qat") -> QuantReady:
+def prepare(model: nn.Module, example: torch.Tensor, bits: int = 8, mode: str = "qat",
+            engine: str | None = None) -> QuantReady:
     """The fake-quant network of a float VGG (a copy; ``model`` is not changed).
 
     Fuses conv-bn-relu, inserts fake quantization (``prepare_qat``) and runs one forward pass on
     ``example``, a batch of real images: every observer buffer gets its final shape (a stored state dict
     can then be loaded) and QAT starts from these images' ranges. BatchNorm statistics are frozen.
-    Observers stay on: calibrate (PTQ) or train (QAT), then call :func:`freeze`.
+    Observers stay on: calibrate (PTQ) or train (QAT), then call :func:`freeze`. ``engine``: the int8
+    kernels it is meant for (default :data:`ENGINE`; fbgemm/x86 get 7-bit activations).
     """
-    if ENGINE not in _SUPPORTED:
-        raise RuntimeError(f"APNB_QENGINE={ENGINE!r} is not a quantized engine of this torch build: use one of {_SUPPORTED}")
-    torch.backends.quantized.engine = ENGINE
+    engine = engine or ENGINE
+    if engine not in _SUPPORTED:
+        raise RuntimeError(f"quantized engine {engine!r} (APNB_QENGINE) is not in this torch build: use one of {_SUPPORTED}")
+    torch.backends.quantized.engine = engine
     q = QuantReady(copy.deepcopy(model).cpu().train())
     tq.fuse_modules_qat(q, _fusion_groups(q.features), inplace=True)
-    q.qconfig = qconfig(bits, mode)
+    q.qconfig = qconfig(bits, mode, engine)
     tq.prepare_qat(q, inplace=True)
     q.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
     q.eval()
     with torch.no_grad():
         q(example.cpu())
     q.apnb_spec = dict(q.apnb_spec, quant={"bits": bits, "mode": mode})
+    q.apnb_engine = engine
     return q
 
 
@@ -146,8 +149,9 @@ def calibrate(q: nn.Module, x: torch.Tensor, batch_size: int = 64) -> nn.Module:
 
 
 def to_int8(q: nn.Module) -> nn.Module:
-    """The deployed int8 network (real quantized kernels, CPU) of a frozen fake-quant network."""
-    torch.backends.quantized.engine = ENGINE
+    """The deployed int8 network (real quantized kernels, CPU) of a frozen fake-quant network, for the
+    engine it was prepared for."""
+    torch.backends.quantized.engine = getattr(q, "apnb_engine", ENGINE)
     with warnings.catch_warnings():  # torch.ao's quantized tensors are deprecated in favour of torchao (2.13)
         warnings.simplefilter("ignore", UserWarning)
         return tq.convert(copy.deepcopy(q).cpu().eval(), inplace=False)
