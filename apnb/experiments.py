@@ -346,11 +346,6 @@ def roar_voc(train_xy, test_xy, maps: dict, fractions, classifier_spec: dict, tr
             df = Fa.roar(make, train_fn, score_fn, (*train_xy, tr_maps), (*test_xy, te_maps), fractions, fill, seed=seed)
             df = pd.concat([base, df], ignore_index=True) if base is not None else df
             frames.append(df.assign(ranking=name)[["ranking", "fraction", *cols]])
-        elif mm is None:  # random: top-k and bottom-k kept draw the same mask, so DiffROAR is 0 by construction
-            top = Fa.roar(make, train_fn, lambda m, x, y: score_fn(m, x, y)[main], (*train_xy, None), (*test_xy, None),
-                          fractions, fill, keep=True, seed=seed)
-            frames.append(pd.DataFrame({"ranking": name, "fraction": top.fraction, "top_kept": top.score,
-                                        "bottom_kept": top.score, "diffroar": 0.0}))
         else:
             df = Fa.diffroar(make, train_fn, lambda m, x, y: score_fn(m, x, y)[main], (*train_xy, tr_maps),
                              (*test_xy, te_maps), fractions, fill, seed=seed)

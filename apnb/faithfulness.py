@@ -118,9 +118,15 @@ def roar(make_model: Callable[[], nn.Module], train_fn: Callable[[nn.Module, tor
 
 
 def diffroar(make_model, train_fn, score_fn, train, test, fractions, fill, seed: int = 0) -> pd.DataFrame:
-    """DiffROAR(k) = score with the top-k % kept - score with the bottom-k % kept (both retrained)."""
+    """DiffROAR(k) = score with the top-k % kept - score with the bottom-k % kept (both retrained).
+
+    The random ranking (``maps=None``) draws the same mask for both sides, so its DiffROAR is 0 by
+    construction and it is trained once."""
     top = roar(make_model, train_fn, score_fn, train, test, fractions, fill, keep=True, seed=seed)
-    flip = lambda t: (t[0], t[1], None if t[2] is None else -t[2])
-    bottom = roar(make_model, train_fn, score_fn, flip(train), flip(test), fractions, fill, keep=True, seed=seed)
+    if train[2] is None and test[2] is None:
+        bottom = top
+    else:
+        flip = lambda t: (t[0], t[1], None if t[2] is None else -t[2])
+        bottom = roar(make_model, train_fn, score_fn, flip(train), flip(test), fractions, fill, keep=True, seed=seed)
     return pd.DataFrame({"fraction": top.fraction, "top_kept": top.score, "bottom_kept": bottom.score,
                          "diffroar": top.score - bottom.score})
