@@ -45,7 +45,7 @@ def test_cifar_roar_and_diffroar(cifar_root, tmp_path):
     spec = {"arch": "preact_resnet18", "num_classes": 10, "width_div": 16}
     train = {"epochs": 6, "lr": 0.01, "optimizer": "adamw", "schedule": "onecycle", "batch_size": 20, "seed": 0}
     model, _ = X.get_teacher(spec, data, train, store=Store(tmp_path), device="cpu", progress=False, multilabel=False)
-    tr, te = X.train_images(data, 120), X.train_images({"train": data["val"], "val": data["val"]}, 40)
+    tr, te = X.train_images(data, 120), X.tensors(data["val"])
     with torch.no_grad():
         assert (model(te[0]).argmax(1) == te[1]).float().mean() > 0.5  # the explained model learned the squares
     maps = {"inputgrad": tuple(attribute(model, x, y, "inputgrad") for x, y in (tr, te)), "random": None}
