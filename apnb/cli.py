@@ -46,6 +46,11 @@ def main(argv=None):
     c = sub.add_parser("course", help="write student notebooks (cells tagged 'solution' removed) into OUT")
     c.add_argument("out")
 
+    k = sub.add_parser("calibrate", help="calibrate the embedded benchmark on the paper's premises "
+                       "(profiles/calibrate.yml -> its record, read by the book's calibration page)")
+    k.add_argument("--plan", default="profiles/calibrate.yml")
+    k.add_argument("--step", action="append", help="run only the step(s) of this name")
+
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     s = dsub.add_parser("synth", help="write the synthetic benchmark (VOC 2012 layout, or ImageNet-S layout)")
@@ -61,6 +66,8 @@ def main(argv=None):
     s.add_argument("--context-bias", type=float, default=0.8, help="probability of the class-correlated cue")
     s.add_argument("--cue-period", type=float, default=5.0)
     s.add_argument("--max-objects", type=int, default=3)
+    s.add_argument("--radius-min", type=float, default=0.12, help="object radius, share of the image side")
+    s.add_argument("--radius-max", type=float, default=0.22)
 
     args = ap.parse_args(argv)
     from . import runner
@@ -92,6 +99,10 @@ def main(argv=None):
         elif args.cmd == "book":
             index = runner.build_book(args.profile, run=not args.no_run, force=args.force)
             print(f"apnb: book built: {index}")
+        elif args.cmd == "calibrate":
+            from . import calibration
+
+            calibration.run(calibration.load_plan(args.plan), args.step)
         elif args.cmd == "course":
             from .course import write_course
 
@@ -102,9 +113,10 @@ def main(argv=None):
 
             kw = dict(classes=args.classes, n_train=args.n_train, n_val=args.n_val, n_seg=min(args.n_seg, args.n_val),
                       n_pretrain=args.n_pretrain, size=args.size, seed=args.seed, context_bias=args.context_bias,
-                      cue_period=args.cue_period, max_objects=args.max_objects)
-            fn = synthetic.write_voc if args.mode == "voc" else synthetic.write_imagenet_like
-            print(fn(args.out, **kw))
+                      cue_period=args.cue_period, max_objects=args.max_objects, radius_min=args.radius_min,
+                      radius_max=args.radius_max)
+            # locked and atomic: a concurrent run into the same folder waits, then reuses the identical tree
+            print(synthetic.ensure(args.out, args.mode, **kw))
     except (runner.RunError, ValueError, FileNotFoundError) as e:
         print(f"apnb: error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,11 @@
 - Atomic checkpoints every epoch (model, optimizer, scheduler, RNG states, pruning masks, history).
   A killed run resumes from its last checkpoint and ends with the same result: each epoch reseeds every
   RNG from ``(seed, epoch)``, so nothing depends on how many epochs ran in this process.
+- A checkpoint names the run it belongs to (``run_key``: the store key plus the training configuration and
+  the library version); resuming from a checkpoint of another run is refused with a one-line error.
+- The store takes an OS file lock per entry (:meth:`Store.lock`, the ``filelock`` package): a second process
+  asking for the same network waits, then loads it instead of training it again; the lock dies with its
+  process, so a killed trainer blocks nothing.
 - A NaN or inf loss stops the run with epoch and step named; the last good checkpoint is kept.
 - ``torchrun``: with ``WORLD_SIZE`` > 1 in the environment, :func:`setup_distributed` starts the
   process group and ``fit`` wraps the model in DistributedDataParallel with a DistributedSampler; the
@@ -189,13 +194,21 @@ class FitResult:
     resumed_from: int = 0
 
 
+def run_key(cfg: TrainConfig, key: str | None = None) -> str:
+    """Identity of one training run: the store key (or None) + the training configuration + apnb's version."""
+    from . import __version__
+
+    return config_key({"key": key, "train": asdict(cfg), "apnb": __version__})
+
+
 def fit(model: nn.Module, objective: Callable, train_set: Dataset, cfg: TrainConfig, ckpt: str | Path | None = None,
         eval_fn: Callable[[nn.Module], dict] | None = None, device="auto", progress: bool = True,
-        stop_after_epoch: int | None = None) -> FitResult:
+        stop_after_epoch: int | None = None, key: str | None = None) -> FitResult:
     """Train ``model`` in place on ``train_set`` with ``objective``; resume from ``ckpt`` when it exists.
 
     ``eval_fn(model) -> dict`` runs after every epoch (history). ``stop_after_epoch`` ends the call early
-    (used by tests to simulate an interruption).
+    (used by tests to simulate an interruption). ``key``: the store key of the network; the checkpoint
+    records :func:`run_key` and a checkpoint of another run is never resumed.
     """
     from tqdm.auto import tqdm
 
@@ -221,8 +234,14 @@ def fit(model: nn.Module, objective: Callable, train_set: Dataset, cfg: TrainCon
     res = FitResult()
     start = 0
     ckpt = Path(ckpt) if ckpt else None
+    rkey = run_key(cfg, key)
     if ckpt is not None and ckpt.exists():
-        ck = load_checkpoint(ckpt, model)
+        ck = load_checkpoint(ckpt)
+        if ck.get("run_key") != rkey:
+            raise ModelError(f"checkpoint {ckpt} belongs to another training run (its run key "
+                             f"{ck.get('run_key', 'none: an older apnb')} != {rkey}: other configuration or code "
+                             f"version); delete it to restart this run: rm {ckpt}")
+        load_state(model, ck["model"], ck.get("pruned", []), str(ckpt))
         opt.load_state_dict(ck["optimizer"])
         sch.load_state_dict(ck["scheduler"])
         start = res.resumed_from = int(ck["epoch"])
@@ -269,7 +288,7 @@ def fit(model: nn.Module, objective: Callable, train_set: Dataset, cfg: TrainCon
             atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sch.state_dict(),
                                "epoch": epoch + 1, "history": json.dumps(res.history),
                                "pruned": C.pruned_param_names(model),
-                               "spec": json.dumps(getattr(model, "apnb_spec", {}))}, ckpt)
+                               "spec": json.dumps(getattr(model, "apnb_spec", {})), "run_key": rkey}, ckpt)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     res.seconds = time.time() - t0
@@ -296,8 +315,19 @@ class Store:
     def dir(self, kind: str, cfg: dict) -> Path:
         d = self.root / f"{kind}-{config_key(cfg)}"
         d.mkdir(parents=True, exist_ok=True)
-        (d / "cfg.json").write_text(json.dumps(cfg, indent=1, sort_keys=True, default=str))
+        from .config import atomic_write_text
+
+        atomic_write_text(d / "cfg.json", json.dumps(cfg, indent=1, sort_keys=True, default=str))
         return d
+
+    def lock(self, kind: str, cfg: dict, timeout: float = -1):
+        """An exclusive OS lock on one entry (``<root>/<kind>-<hash>.lock``), held while the entry is loaded
+        or trained: a second process waits, then finds the finished network. ``fcntl`` locks are released
+        by the kernel when their process dies, so a killed trainer leaves nothing that blocks."""
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / f"{kind}-{config_key(cfg)}.lock"), timeout=timeout)
 
     def save(self, kind: str, cfg: dict, model: nn.Module, extra: dict | None = None) -> Path:
         p = self.dir(kind, cfg) / "final.pt"

@@ -2,7 +2,10 @@
 
 Every trained network goes through the checkpoint store (:class:`apnb.engine.Store`) under a hash of its
 full configuration (teacher key, method, hyperparameters, seed), so the teacher is trained once and a
-re-run notebook reloads what it already trained.
+re-run notebook reloads what it already trained. Each network's initial weights are drawn from its recipe's
+seed (:func:`apnb.models.build` with ``seed``), so a store key stands for one network whatever ran before
+it; each entry is trained under its store lock (:meth:`apnb.engine.Store.lock`); a trained network passes
+its premise guards (:mod:`apnb.guards`) before it is returned.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from .config import resolve_device, store_dir
 from .data import synthetic
 from .data.voc import VOCClassification, VOCLocalization
 from .engine import Compress, Store, Supervised, TrainConfig, config_key, fit
+from .guards import Guards, check_min, check_plateau, chance_map
 from .matching import AttributionMatching, MatchingConfig
 
 METHODS = ("naive", "ewa", "swa", "sswa")
@@ -99,43 +103,67 @@ def _key(d: dict) -> dict:
 
 
 def get_teacher(spec: dict, data: dict, train: dict | None, pretrain: dict | None = None, pretrained: bool = False,
-                store: Store | None = None, device="auto", progress=True, multilabel: bool = True):
+                store: Store | None = None, device="auto", progress=True, multilabel: bool = True,
+                guards: Guards | dict | None = None):
     """Train (or load) the full network.
 
     Paper: ImageNet-pretrained torchvision weights (``pretrained=True``), then fine-tuned on VOC train.
     Synthetic stand-in: ``pretrain`` epochs on the cue-free ``pretrain`` split, then ``train`` on the
     cued split. ImageNet (``multilabel=False``, cross-entropy): ``train=None`` with ``pretrained=True`` uses
-    the torchvision network as it is (paper supplement B). Returns ``(model, info)``; ``info`` holds the
-    training history and its store key.
+    the torchvision network as it is (paper supplement B). The initial weights are drawn from the seed of
+    the first phase. ``guards`` (:class:`apnb.guards.Guards`): the pretraining loss must leave its plateau
+    and the mAP on val / the cue-free val copy must clear the thresholds, else :class:`PremiseError`.
+    Returns ``(model, info)``; ``info`` holds the training history and its store key.
     """
     store = store or Store()
+    g = Guards.of(guards)
     cfg = _key({"role": "teacher", "spec": spec, "train": train, "pretrain": pretrain, "pretrained": pretrained,
                 "data": data["id"], **({} if multilabel else {"multilabel": False})})
-    model = M.build(spec)
-    info = store.load("teacher", cfg, model)
-    if info is not None:
-        return model.to(resolve_device(device)).eval(), info
-    if pretrained:
-        M.load_imagenet_weights(model, spec["arch"])
-    hist = []
-    d = store.dir("teacher", cfg)
-    if pretrain:
-        if "pretrain" not in data:
-            raise ValueError("pretrain epochs requested but the data has no ImageSets/Main/pretrain.txt split")
-        r = fit(model, Supervised(multilabel), data["pretrain"], TrainConfig(**pretrain), d / "pretrain.ckpt",
-                device=device, progress=progress)
-        hist += [{"phase": "pretrain", **h} for h in r.history]
-    if not train and not pretrained:
-        raise ValueError("the teacher needs train=<epochs, lr, ...> unless pretrained=True")
-    ips = None
-    if train:
-        r = fit(model, Supervised(multilabel), data["train"], TrainConfig(**train), d / "train.ckpt", device=device,
-                progress=progress)
-        hist += [{"phase": "train", **h} for h in r.history]
-        ips = r.images_per_s
-    info = {"history": hist, "key": config_key(cfg), "images_per_s": ips}
-    store.save("teacher", cfg, model, info)
-    return model.eval(), info
+    key = config_key(cfg)
+    seed = (pretrain or train or {}).get("seed", 0)
+    with store.lock("teacher", cfg):
+        model = M.build(spec, seed=seed)
+        info = store.load("teacher", cfg, model)
+        if info is None:
+            if pretrained:
+                M.load_imagenet_weights(model, spec["arch"])
+            hist = []
+            d = store.dir("teacher", cfg)
+            if pretrain:
+                if "pretrain" not in data:
+                    raise ValueError("pretrain epochs requested but the data has no ImageSets/Main/pretrain.txt split")
+                r = fit(model, Supervised(multilabel), data["pretrain"], TrainConfig(**pretrain), d / "pretrain.ckpt",
+                        device=device, progress=progress, key=key)
+                hist += [{"phase": "pretrain", **h} for h in r.history]
+                check_plateau("teacher", hist, g.plateau, "pretrain")
+            if not train and not pretrained:
+                raise ValueError("the teacher needs train=<epochs, lr, ...> unless pretrained=True")
+            ips = None
+            if train:
+                r = fit(model, Supervised(multilabel), data["train"], TrainConfig(**train), d / "train.ckpt",
+                        device=device, progress=progress, key=key)
+                hist += [{"phase": "train", **h} for h in r.history]
+                ips = r.images_per_s
+            info = {"history": hist, "key": key, "images_per_s": ips}
+            store.save("teacher", cfg, model, info)
+    model = model.to(resolve_device(device)).eval()
+    check_plateau("teacher", info["history"], g.plateau, "pretrain" if pretrain else "train")
+    if multilabel and (g.teacher_map is not None or g.teacher_map_nocue is not None):
+        check_min("teacher", "mAP (val)", E.prediction_metrics(model, data["val"], device)["mAP"], g.teacher_map)
+        if "val_nocue" in data:
+            check_min("teacher", "mAP_nocue (cue-free val)",
+                      E.prediction_metrics(model, data["val_nocue"], device)["mAP"], g.teacher_map_nocue)
+    return model, info
+
+
+def check_student(name: str, model, data: dict, guards: Guards | dict | None, device="auto") -> None:
+    """A compressed network must beat chance: mAP over :func:`apnb.guards.chance_map` + ``student_over_chance``."""
+    g = Guards.of(guards)
+    if g.student_over_chance is None or not hasattr(data["val"], "labels"):
+        return
+    chance = chance_map(data["val"].labels)
+    check_min(name, f"mAP (val; chance is {chance:.3f})", E.prediction_metrics(model, data["val"], device)["mAP"],
+              chance + g.student_over_chance)
 
 
 def matching_for(method: str, beta: float | None = None, p: float = 0.3, layers=("last_conv",), **opts):
@@ -146,25 +174,31 @@ def matching_for(method: str, beta: float | None = None, p: float = 0.3, layers=
 def distill(teacher, teacher_key: str, student_spec: dict, method: str, data: dict, train: dict,
             beta: float | None = None, p: float = 0.3, layers=("last_conv",), match_opts: dict | None = None,
             T: float = 4.0, alpha: float = 0.9, store: Store | None = None, device="auto", progress=True,
-            eval_fn=None):
-    """Knowledge distillation of a student from scratch with KD + matching ``method`` (paper Sec. 4.1)."""
+            eval_fn=None, guards: Guards | dict | None = None):
+    """Knowledge distillation of a student from scratch with KD + matching ``method`` (paper Sec. 4.1).
+
+    The student's initial weights are drawn from ``train["seed"]``: the students of one seed share their
+    initialisation and data order across methods (paired seeds). ``guards``: the student must beat chance."""
     store = store or Store()
     match_opts = match_opts or {}
     reg = matching_for(method, beta, p, layers, **match_opts)
     cfg = _key({"role": "kd", "teacher": teacher_key, "spec": student_spec, "method": method, "match": reg.cfg.to_dict(),
                 "train": train, "T": T, "alpha": alpha})
-    student = M.build(student_spec)
-    info = store.load("student", cfg, student)
-    if info is not None:
-        return student.to(resolve_device(device)).eval(), info
-    x0 = data["train"][0][0][None]
-    reg.check(student, teacher.cpu(), x0)
-    obj = Compress(teacher, reg, kd=True, T=T, alpha=alpha)
-    r = fit(student, obj, data["train"], TrainConfig(**train), store.dir("student", cfg) / "train.ckpt",
-            device=device, progress=progress, eval_fn=eval_fn)
-    info = {"history": r.history, "images_per_s": r.images_per_s, "seconds": r.seconds}
-    store.save("student", cfg, student, info)
-    return student.eval(), info
+    with store.lock("student", cfg):
+        student = M.build(student_spec, seed=train.get("seed", 0))
+        info = store.load("student", cfg, student)
+        if info is None:
+            x0 = data["train"][0][0][None]
+            reg.check(student, teacher.cpu(), x0)
+            obj = Compress(teacher, reg, kd=True, T=T, alpha=alpha)
+            r = fit(student, obj, data["train"], TrainConfig(**train), store.dir("student", cfg) / "train.ckpt",
+                    device=device, progress=progress, eval_fn=eval_fn, key=config_key(cfg))
+            info = {"history": r.history, "images_per_s": r.images_per_s, "seconds": r.seconds}
+            store.save("student", cfg, student, info)
+    student = student.to(resolve_device(device)).eval()
+    check_student(f"student {method} /{student_spec.get('width_div')} seed {train.get('seed', 0)}", student, data,
+                  guards, device)
+    return student, info
 
 
 def prune_unstructured(teacher, teacher_key: str, method: str, data: dict, train: dict, rho_w: float = 0.2,
@@ -183,11 +217,12 @@ def prune_unstructured(teacher, teacher_key: str, method: str, data: dict, train
         cfg = _key({"role": "unstructured", "teacher": teacher_key, "method": method, "match": reg.cfg.to_dict(),
                     "train": train, "rho_w": rho_w, "iteration": it, **extra})
         C.prune_global_unstructured(model, rho_w)
-        if store.load("pruned", cfg, model) is None:
-            obj = Compress(frozen_teacher, reg, kd=False, multilabel=multilabel)
-            fit(model, obj, data["train"], TrainConfig(**train), store.dir("pruned", cfg) / "train.ckpt",
-                device=device, progress=progress)
-            store.save("pruned", cfg, model, {"rate": C.cumulative_rate(rho_w, it)})
+        with store.lock("pruned", cfg):
+            if store.load("pruned", cfg, model) is None:
+                obj = Compress(frozen_teacher, reg, kd=False, multilabel=multilabel)
+                fit(model, obj, data["train"], TrainConfig(**train), store.dir("pruned", cfg) / "train.ckpt",
+                    device=device, progress=progress, key=config_key(cfg))
+                store.save("pruned", cfg, model, {"rate": C.cumulative_rate(rho_w, it)})
         if callback is not None:
             callback(it, C.cumulative_rate(rho_w, it), model)
     return model.eval()
@@ -208,28 +243,39 @@ def prune_structured(teacher, teacher_key: str, method: str, data: dict, train: 
     counts = C.prune_l1_structured(model, rate, torch.zeros(1, 3, image_size, image_size), layers)
     cfg = _key({"role": "structured", "teacher": teacher_key, "method": method, "match": reg.cfg.to_dict(),
                 "train": train, "rate": rate, "layers": layers, **({} if multilabel else {"multilabel": False})})
-    info = store.load("structured", cfg, model)
-    if info is None:
-        frozen_teacher = copy.deepcopy(teacher).eval()
-        reg.check(model, frozen_teacher.cpu(), torch.zeros(1, 3, image_size, image_size))
-        r = fit(model, Compress(frozen_teacher, reg, kd=False, multilabel=multilabel), data["train"], TrainConfig(**train),
-                store.dir("structured", cfg) / "train.ckpt", device=device, progress=progress, eval_fn=eval_fn)
-        info = {"history": r.history}
-        store.save("structured", cfg, model, info)
+    with store.lock("structured", cfg):
+        info = store.load("structured", cfg, model)
+        if info is None:
+            frozen_teacher = copy.deepcopy(teacher).eval()
+            reg.check(model, frozen_teacher.cpu(), torch.zeros(1, 3, image_size, image_size))
+            r = fit(model, Compress(frozen_teacher, reg, kd=False, multilabel=multilabel), data["train"],
+                    TrainConfig(**train), store.dir("structured", cfg) / "train.ckpt", device=device,
+                    progress=progress, eval_fn=eval_fn, key=config_key(cfg))
+            info = {"history": r.history}
+            store.save("structured", cfg, model, info)
     info = dict(info, params_before=counts[0], params_after=counts[1], macs_before=counts[2], macs_after=counts[3])
     return model.eval(), info
 
 
 def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", attr=None,
-                   reference: E.LocResult | None = None, single_label: bool = False) -> tuple[dict, E.LocResult]:
+                   reference: E.LocResult | None = None, single_label: bool = False,
+                   match_layer: str | None = None) -> tuple[dict, E.LocResult]:
     """One row of Tables 2-7: parameters, mAP, image-AP, F1, AUC, point accuracy (+ cos, l2 vs. ``reference``,
     the teacher's :class:`~apnb.evaluate.LocResult`). Empty selections give NaN rather than an error.
 
     On the synthetic benchmark ``mAP_nocue`` is the mAP on the same val images re-rendered without the
     context cue: the gap ``mAP - mAP_nocue`` measures how much the network relies on the shortcut.
-    ``single_label`` (ImageNet, supplement B): top-1 accuracy, and the top-1 prediction's map on every image."""
+    ``single_label`` (ImageNet, supplement B): top-1 accuracy, and the top-1 prediction's map on every image.
+
+    With Grad-CAM (``attr=None``), ``cos_top1`` is the cosine of the maps at ``match_layer`` (default
+    ``layer``) for the teacher's top-1 class over every val image (:func:`apnb.evaluate.top1_similarity`),
+    beside the paper's ``cos``."""
+    grad_cam = attr is None
     attr = attr or E.attribution_fn("gradcam", layer)
     loc = E.localization(model, data["loc"], device, attr=attr, single_label=single_label)
+    if grad_cam:
+        targets = reference.top1[0] if reference is not None and reference.top1 is not None else None
+        loc.top1 = E.top1_maps(model, data["val"], match_layer or layer, device, targets)
     row = {"params": M.count_params(model, nonzero=True)}
     row.update(E.prediction_metrics(model, data["val"], device, multilabel=not single_label))
     if "val_nocue" in data:  # the same val images without their context cue: reliance on the shortcut
@@ -237,6 +283,8 @@ def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", a
     row.update(loc.summary(strict=False))
     if reference is not None:
         row.update(E.similarity(reference, loc, strict=False))
+        if reference.top1 is not None and loc.top1 is not None:
+            row.update(E.top1_similarity(reference.top1, loc.top1))
     return row, loc
 
 
@@ -253,11 +301,12 @@ def evaluate_models(models: dict, data: dict, teacher_name: str = "teacher", lay
 
 
 def voc_setup(data_root, synth, image_size, teacher_spec, teacher_train, teacher_pretrain=None, pretrained=False,
-              eval_layer="last_conv", device="auto"):
-    """Data, the (stored) teacher and its evaluation row: the first step of every VOC notebook."""
+              eval_layer="last_conv", device="auto", guards: Guards | dict | None = None, store: Store | None = None):
+    """Data, the (stored, guarded) teacher and its evaluation row: the first step of every VOC notebook."""
     data = voc_data(data_root, synth, image_size)
     spec = dict(teacher_spec, num_classes=len(data["classes"]))
-    teacher, info = get_teacher(spec, data, teacher_train, teacher_pretrain, pretrained, device=device)
+    teacher, info = get_teacher(spec, data, teacher_train, teacher_pretrain, pretrained, device=device, guards=guards,
+                                store=store)
     row, loc = evaluate_model(teacher, data, eval_layer, device)
     return data, teacher, info, row, loc
 
@@ -321,7 +370,7 @@ def roar_voc(train_xy, test_xy, maps: dict, fractions, classifier_spec: dict, tr
     fill = train_xy[0].mean((0, 2, 3))
 
     def make():
-        return M.build(classifier_spec)
+        return M.build(classifier_spec, seed=seed)
 
     def train_fn(model, x, y):
         fit(model, Supervised(multilabel), TensorDataset(x, y), TrainConfig(**dict(train_cfg, seed=seed)), device=device,
@@ -393,13 +442,15 @@ def quantize(teacher, teacher_key: str, method: str, data: dict, train: dict | N
                 "bits": bits, "calib_images": calib_images, "engine": Q.ENGINE,
                 **({} if multilabel else {"multilabel": False})})
     q = Q.prepare(teacher, x_cal[:64], bits, "qat")
-    info = store.load("quantized", cfg, q)
-    if info is None:
-        frozen_teacher = copy.deepcopy(teacher).eval()
-        reg.check(q, frozen_teacher.cpu(), x_cal[:1])
-        r = fit(q, Compress(frozen_teacher, reg, kd=False, multilabel=multilabel), data["train"], TrainConfig(**train),
-                store.dir("quantized", cfg) / "train.ckpt", device=device, progress=progress)
-        Q.freeze(q)
-        info = {"history": r.history, "seconds": r.seconds}
-        store.save("quantized", cfg, q, info)
+    with store.lock("quantized", cfg):
+        info = store.load("quantized", cfg, q)
+        if info is None:
+            frozen_teacher = copy.deepcopy(teacher).eval()
+            reg.check(q, frozen_teacher.cpu(), x_cal[:1])
+            r = fit(q, Compress(frozen_teacher, reg, kd=False, multilabel=multilabel), data["train"],
+                    TrainConfig(**train), store.dir("quantized", cfg) / "train.ckpt", device=device,
+                    progress=progress, key=config_key(cfg))
+            Q.freeze(q)
+            info = {"history": r.history, "seconds": r.seconds}
+            store.save("quantized", cfg, q, info)
     return Q.freeze(q.cpu()), dict(info, mode="qat", bits=bits)

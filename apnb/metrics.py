@@ -158,8 +158,10 @@ def pointing_hits(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0, t
                   valid: torch.Tensor | None = None) -> torch.Tensor:
     """Pointing game hits ``[N]`` bool: the map's maximum lies in the mask (Zhang et al.).
 
-    ``tolerance`` (px): a hit when the mask touches a disc of that radius around the maximum (TorchRay
-    uses 15). ``ties``: ``first`` = the first arg-max in row-major order (the authors), ``any`` = any
+    ``tolerance`` (px): a hit when the mask touches the open disc of that radius around the maximum,
+    i.e. a mask pixel at distance strictly less than ``tolerance`` (TorchRay's rule, ``PointingGame`` in
+    ``torchray/benchmark/pointing_game.py``, 15 px at about 224 px; :func:`tolerance_for` scales it to
+    other image sizes). ``ties``: ``first`` = the first arg-max in row-major order (the authors), ``any`` = any
     pixel tied for the maximum (Quantus). Void pixels (``valid`` False) never count as mask.
     """
     if maps.shape != masks.shape:
@@ -171,7 +173,7 @@ def pointing_hits(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0, t
     if tolerance > 0:
         r = int(tolerance)
         yy, xx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
-        disc = ((yy ** 2 + xx ** 2) <= r * r).to(maps.device, torch.float32)
+        disc = ((yy ** 2 + xx ** 2) < r * r).to(maps.device, torch.float32)
         m = F.conv2d(m[:, None].float(), disc[None, None], padding=r)[:, 0] > 0
     flat = maps.flatten(1)
     if ties == "first":
@@ -179,6 +181,12 @@ def pointing_hits(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0, t
         return m.flatten(1).gather(1, idx[:, None])[:, 0]
     is_max = flat == flat.max(1, keepdim=True).values
     return (is_max & m.flatten(1)).any(1)
+
+
+def tolerance_for(image_size: int, reference_px: float = 15.0, reference_size: int = 224) -> int:
+    """The pointing tolerance scaled to ``image_size``: TorchRay's 15 px at 224 px, times ``image_size / 224``
+    (4 px at 64 px, 15 px at the paper's 227 px)."""
+    return int(round(reference_px * image_size / reference_size))
 
 
 def pointing_accuracy(hits: torch.Tensor, classes: torch.Tensor | None = None, average: str = "sample") -> float:

@@ -158,8 +158,17 @@ class PreActResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(self.relu(self.bn(x))), 1))
 
 
-def build(spec: dict) -> nn.Module:
-    """Build from a spec dict (``arch`` plus the keyword arguments of :func:`vgg` or :func:`resnet34`)."""
+def build(spec: dict, seed: int | None = None) -> nn.Module:
+    """Build from a spec dict (``arch`` plus the keyword arguments of :func:`vgg` or :func:`resnet34`).
+
+    ``seed``: the initial weights are drawn from a generator seeded with it, inside a forked RNG, so a
+    network's initialisation is a function of its recipe's seed alone, whatever ran before it in the
+    process, and the global RNG is left as it was. ``None`` draws from the global RNG (legacy).
+    """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return build(spec, None)
     spec = dict(spec)
     arch = spec.pop("arch", None)
     if arch in VGG_CFG:

@@ -98,6 +98,12 @@ def params_for(nb: Path, profile: str, overrides: dict | None = None) -> dict:
     params.update(overrides or {})
     if "profile" in declared:
         params["profile"] = profile
+    from .validate import ParameterError, check
+
+    try:
+        check(nb.name, {**declared, **params})
+    except ParameterError as e:
+        raise RunError(str(e)) from None
     return params
 
 

@@ -51,9 +51,13 @@ def test_pointing_game_hand_cases():
     maps[2, 0, 0] = 1; maps[2, 3, 3] = 1; masks[2, 3, 3] = True  # tie: first max misses, any max hits
     assert Mt.pointing_hits(maps, masks).tolist() == [True, False, False]
     assert Mt.pointing_hits(maps, masks, ties="any").tolist() == [True, False, True]
-    # tolerance: a 2-px disc around (4,4) reaches (2,4) but not (0,0)
+    # tolerance (TorchRay's open disc): at tolerance 2 a mask pixel at distance exactly 2 from the maximum
+    # (4,4) -> (2,4) is a miss, one at distance 1 (3,4) a hit; at tolerance 3, (2,4) is a hit
     masks2 = masks.clone(); masks2[1, 2, 4] = True
-    assert Mt.pointing_hits(maps[1:2], masks2[1:2], tolerance=2).tolist() == [True]
+    assert Mt.pointing_hits(maps[1:2], masks2[1:2], tolerance=2).tolist() == [False]
+    assert Mt.pointing_hits(maps[1:2], masks2[1:2], tolerance=3).tolist() == [True]
+    masks3 = masks.clone(); masks3[1, 3, 4] = True
+    assert Mt.pointing_hits(maps[1:2], masks3[1:2], tolerance=2).tolist() == [True]
     assert Mt.pointing_hits(maps[1:2], masks[1:2], tolerance=2).tolist() == [False]
     # void pixels never count as the mask
     assert Mt.pointing_hits(maps[:1], masks[:1], valid=~masks[:1]).tolist() == [False]
@@ -92,3 +96,32 @@ def test_similarity():
     b = torch.zeros(1, 2, 1); b[0, 0] = 1
     c = torch.zeros(1, 2, 1); c[0, 1] = 1
     assert Mt.normalized_l2(b, c).item() == pytest.approx(2 ** 0.5)
+
+
+def test_pointing_tolerance_boundary_15px():
+    """At 15 px, a pixel at distance exactly 15 (a (9, 12) offset: 81 + 144 = 225) is outside the disc, one
+    at 14.87 (a (10, 10) offset: 200) inside; the disc holds the offsets with dy^2 + dx^2 < 225."""
+    S = 41
+    maps = torch.zeros(1, S, S)
+    maps[0, 20, 20] = 1
+    on = torch.zeros(1, S, S, dtype=torch.bool)
+    on[0, 20 + 9, 20 + 12] = True
+    inside = torch.zeros(1, S, S, dtype=torch.bool)
+    inside[0, 20 + 10, 20 + 10] = True  # 200 < 225
+    assert Mt.pointing_hits(maps, on, tolerance=15).tolist() == [False]
+    assert Mt.pointing_hits(maps, on, tolerance=16).tolist() == [True]
+    assert Mt.pointing_hits(maps, inside, tolerance=15).tolist() == [True]
+    # count the disc by scoring every single-pixel mask
+    hits = 0
+    for dy in range(-16, 17):
+        for dx in range(-16, 17):
+            m = torch.zeros(1, S, S, dtype=torch.bool)
+            m[0, 20 + dy, 20 + dx] = True
+            hits += int(Mt.pointing_hits(maps, m, tolerance=15).item())
+    assert hits == sum(1 for dy in range(-15, 16) for dx in range(-15, 16) if dy * dy + dx * dx < 225)
+
+
+def test_tolerance_for_image_size():
+    assert Mt.tolerance_for(224) == 15
+    assert Mt.tolerance_for(227) == 15
+    assert Mt.tolerance_for(64) == 4

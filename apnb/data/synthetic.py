@@ -3,7 +3,8 @@
 Design (see the book's "Synthetic benchmark" page):
 
 - ``K`` object classes drawn as shapes (circle, square, triangle, cross, ring, bar, ...), each with a random
-  colour and a random texture (flat, stripes or speckle), radius ``size * U(0.12, 0.22)``.
+  colour and a random texture (flat, stripes or speckle), radius ``size * U(radius_min, radius_max)``
+  (0.12-0.22 by default; the demo uses 0.22-0.38 so that objects cover about a quarter of the image, as in VOC).
 - 1-3 objects per image, painted in random order so later objects occlude earlier ones. The masks hold the
   *visible* pixels; a 1-px band along every object border is void (255), as in VOC.
 - A cluttered background: a random base colour with noise, random dots, short lines and shape fragments
@@ -19,12 +20,18 @@ Design (see the book's "Synthetic benchmark" page):
 grating, to measure how much a network relies on the cue.
 
 Everything is a function of ``seed``: re-running with the same arguments gives byte-identical files.
+
+Concurrency: a tree is written into a temporary sibling folder and renamed into place, under an OS file
+lock on ``<out>/.apnb-synth.lock`` (the ``filelock`` package), so a reader never sees a half-written tree;
+:func:`ensure` checks the stamp under the same lock, so a second process waits and then reuses the data.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -66,6 +73,8 @@ class SynthConfig:
     max_objects: int = 3
     clutter: int = 12
     fragment_prob: float = 0.33  # share of clutter items that are fragments of object shapes
+    radius_min: float = 0.12  # object radius, as a share of the image side: U(radius_min, radius_max)
+    radius_max: float = 0.22
     jpeg_quality: int = 95
     version: int = 2  # of the renderer: bump when the drawing changes, so stale data is regenerated
 
@@ -78,6 +87,9 @@ class SynthConfig:
             raise ValueError(f"size={self.size}: images must be at least 16 px")
         if mode == "voc" and self.n_seg > self.n_val:
             raise ValueError(f"n_seg={self.n_seg} > n_val={self.n_val}: the segmentation set is a subset of val")
+        if not 0.02 <= self.radius_min <= self.radius_max <= 0.5:
+            raise ValueError(f"radius_min={self.radius_min}, radius_max={self.radius_max}: need "
+                             f"0.02 <= radius_min <= radius_max <= 0.5 (shares of the image side)")
         if min(self.n_train, self.n_val) < 1 or self.max_objects < 1:
             raise ValueError("n_train, n_val and max_objects must be >= 1")
 
@@ -186,7 +198,7 @@ def render(rng: np.random.Generator, cfg: SynthConfig, context_bias: float, sing
     cls_map = np.zeros((S, S), np.int16)
     obj_masks = []
     for c in present:
-        r = S * rng.uniform(0.12, 0.22) * (1.25 if single_object else 1.0)
+        r = S * rng.uniform(cfg.radius_min, cfg.radius_max) * (1.25 if single_object else 1.0)
         if single_object:
             cy, cx = S / 2 + rng.normal(0, S * 0.08, 2)
         else:
@@ -243,18 +255,55 @@ def _save_png_palette(path: Path, arr: np.ndarray, palette):
     im.save(path, optimize=False)
 
 
+def _lock(out: str | Path):
+    from filelock import FileLock
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return FileLock(str(Path(out) / ".apnb-synth.lock"))
+
+
+@contextmanager
+def _atomic_tree(root: Path):
+    """Yield a temporary sibling of ``root``; on success it replaces ``root`` (rename), else it is removed."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = root.parent / f".{root.name}.old-{os.getpid()}"
+        if root.exists():
+            os.rename(root, old)
+        os.rename(tmp, root)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def write_voc(out: str | Path, cfg: SynthConfig | None = None, **kw) -> Path:
     """Write the VOC-format tree under ``out/VOCdevkit/VOC2012`` and return that root.
 
     Splits: ``pretrain`` (cue-free, stands in for ImageNet), ``train`` and ``val`` (cued with
     ``context_bias``) and ``val_nocue`` (the val images re-rendered without their cue); the first ``n_seg``
-    of val / val_nocue are listed in ``ImageSets/Segmentation/{val,val_nocue}.txt``.
+    of val / val_nocue are listed in ``ImageSets/Segmentation/{val,val_nocue}.txt``. Atomic and locked.
     """
     cfg = cfg or SynthConfig(**kw)
     cfg.validate()
-    root = Path(out) / "VOCdevkit" / "VOC2012"
-    if root.exists():
-        shutil.rmtree(root)
+    with _lock(out):
+        return _write_voc(Path(out), cfg)
+
+
+def _write_voc(out: Path, cfg: SynthConfig) -> Path:
+    final = out / "VOCdevkit" / "VOC2012"
+    with _atomic_tree(final) as root:
+        _render_voc(root, cfg)
+    return final
+
+
+def _render_voc(root: Path, cfg: SynthConfig) -> None:
     for d in ["JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass"]:
         (root / d).mkdir(parents=True, exist_ok=True)
     names = class_names(cfg.classes)
@@ -288,7 +337,6 @@ def write_voc(out: str | Path, cfg: SynthConfig | None = None, **kw) -> Path:
         (root / f"ImageSets/Segmentation/{split}.txt").write_text("".join(f"{x}\n" for x in ids[split][:cfg.n_seg]))
     (root / "apnb_classes.txt").write_text("".join(f"{c}\n" for c in names))
     (root / "apnb_synth.json").write_text(json.dumps(asdict(cfg), indent=1, sort_keys=True) + "\n")
-    return root
 
 
 def write_imagenet_like(out: str | Path, cfg: SynthConfig | None = None, **kw) -> Path:
@@ -299,10 +347,19 @@ def write_imagenet_like(out: str | Path, cfg: SynthConfig | None = None, **kw) -
     so that :class:`apnb.data.imagenet.ImageNetS` reads it like the real ImageNet-S.
     """
     cfg = cfg or SynthConfig(**kw)
-    root = Path(out) / f"ImageNetS{cfg.classes}"
     cfg.validate("imagenet")
-    if root.exists():
-        shutil.rmtree(root)
+    with _lock(out):
+        return _write_imagenet_like(Path(out), cfg)
+
+
+def _write_imagenet_like(out: Path, cfg: SynthConfig) -> Path:
+    final = out / f"ImageNetS{cfg.classes}"
+    with _atomic_tree(final) as root:
+        _render_imagenet_like(root, cfg)
+    return final
+
+
+def _render_imagenet_like(root: Path, cfg: SynthConfig) -> None:
     names = class_names(cfg.classes)
     wnids = [f"n{9000000 + c:08d}" for c in range(cfg.classes)]
     for si, (split, n) in enumerate([("train", cfg.n_train), ("validation", cfg.n_val)]):
@@ -325,18 +382,23 @@ def write_imagenet_like(out: str | Path, cfg: SynthConfig | None = None, **kw) -
                 Image.fromarray(seg).save(sd / f"{name}.png")
     (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} {n}\n" for w, n in zip(wnids, names)))
     (root / "apnb_synth.json").write_text(json.dumps(asdict(cfg), indent=1, sort_keys=True) + "\n")
-    return root
 
 
 def ensure(out: str | Path, mode: str = "voc", **kw) -> Path:
-    """Generate the benchmark under ``out`` unless an identical one (same parameters) is already there."""
+    """Generate the benchmark under ``out`` unless an identical one (same parameters) is already there.
+
+    The stamp is checked and the data written under the folder's lock: a concurrent caller waits for the
+    writer, then finds the stamp and reuses the data."""
+    if mode not in ("voc", "imagenet"):
+        raise ValueError(f"mode={mode!r}: use voc or imagenet")
     cfg = SynthConfig(**kw)
     cfg.validate(mode)
     root = Path(out) / ("VOCdevkit/VOC2012" if mode == "voc" else f"ImageNetS{cfg.classes}")
     stamp = root / "apnb_synth.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == asdict(cfg):
-        return root
-    t = time.time()
-    root = (write_voc if mode == "voc" else write_imagenet_like)(out, cfg)
+    with _lock(out):
+        if stamp.exists() and json.loads(stamp.read_text()) == asdict(cfg):
+            return root
+        t = time.time()
+        root = (_write_voc if mode == "voc" else _write_imagenet_like)(Path(out), cfg)
     print(f"apnb: wrote synthetic {mode} benchmark to {root} in {time.time() - t:.1f}s")
     return root

@@ -1,0 +1,143 @@
+"""Calibration of the embedded benchmark on the paper's *premises*, never on its claims.
+
+The paper's argument needs two premises (book page "How the benchmark was calibrated"):
+
+- **P1, the teacher localizes**: on cued val, Grad-CAM AUC >= 0.85 and pointing accuracy >= 0.60 at the
+  book's tolerance (:func:`apnb.metrics.tolerance_for`), mAP >= 0.85 and mAP without the cue >= 0.80
+  (the paper's ImageNet-initialised VGG16: AUC 88.8, pointing 80.2, mAP 91.8, Table 2);
+- **P2, naive compression drifts**: at the main student size, over >= 5 seeds, the naive KD student keeps
+  its mAP within 15 points of the teacher (the paper's VGG16/8 loses 14.9), its AUC is >= 4 points and its
+  pointing >= 8 points below the teacher's (95 % intervals excluding 0), and its mAP - mAP_nocue gap is
+  larger than the teacher's; naive structured pruning at the demo rate drifts the same way.
+
+:func:`run` trains each step of ``profiles/calibrate.yml`` on seeds the book does not use (network seeds
+100+, data seed 1) and writes one row per (step, seed) to a JSON record, atomically after every run;
+a re-run skips the rows already recorded (and reloads networks from the store), so an interrupted
+calibration resumes. Only teacher and naive runs are looked at: no matching regularizer is trained here.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import experiments as X
+from . import report
+from .config import atomic_write_text, resolve_device
+from .engine import Store, config_key
+
+P1 = {"AUC": 0.85, "point_acc_tol": 0.60, "mAP": 0.85, "mAP_nocue": 0.80}
+P2 = {"map_loss_max": 0.15, "auc_drop_min": 0.04, "point_drop_min": 0.08}
+TEACHER_COLS = ["mAP", "mAP_nocue", "AUC", "point_acc", "point_acc_tol"]
+
+
+def deep_merge(base: dict, changes: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (changes or {}).items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def p1_holds(row: dict) -> bool:
+    return all(row[k] >= t for k, t in P1.items())
+
+
+def p2_summary(teacher: dict, students: list[dict]) -> dict:
+    """P2 over seeds of naive students of one teacher: the drifts with their 95 % intervals and the verdict."""
+    mAP = np.array([s["mAP"] for s in students])
+    auc = np.array([teacher["AUC"] - s["AUC"] for s in students])
+    pt = np.array([teacher["point_acc_tol"] - s["point_acc_tol"] for s in students])
+    gap = np.array([(s["mAP"] - s["mAP_nocue"]) - (teacher["mAP"] - teacher["mAP_nocue"]) for s in students])
+    out = {"n": len(students)}
+    for name, v in [("map_loss", teacher["mAP"] - mAP), ("auc_drop", auc), ("point_drop", pt), ("extra_gap", gap)]:
+        m, h, _ = report.mean_ci(v)
+        out[name], out[name + "_ci"] = float(m), float(h)
+    out["holds"] = bool(len(students) >= 5 and out["map_loss"] <= P2["map_loss_max"]
+                        and out["auc_drop"] >= P2["auc_drop_min"] and out["auc_drop"] - out["auc_drop_ci"] > 0
+                        and out["point_drop"] >= P2["point_drop_min"] and out["point_drop"] - out["point_drop_ci"] > 0
+                        and out["extra_gap"] - out["extra_gap_ci"] > 0)
+    return out
+
+
+def load_plan(path: str | Path = "profiles/calibrate.yml") -> dict:
+    plan = yaml.safe_load(Path(path).read_text())
+    for k in ("base", "steps", "record"):
+        if k not in plan:
+            raise ValueError(f"{path}: missing {k!r} (see the docstring of apnb.calibration)")
+    return plan
+
+
+def _load_record(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"rows": []}
+
+
+def _save(path: Path, rec: dict):
+    atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True, default=float) + "\n")
+
+
+def _teacher(s: dict, seed: int, store: Store, dev):
+    data = X.voc_data(s["data_root"], s["synth"], s["image_size"])
+    spec = dict(s["teacher_spec"], num_classes=len(data["classes"]))
+    pre = dict(s["teacher_pretrain"], seed=seed) if s.get("teacher_pretrain") else None
+    tr = dict(s["teacher_train"], seed=seed)
+    t0 = time.time()
+    teacher, info = X.get_teacher(spec, data, tr, pre, False, store=store, device=dev, progress=False, guards=None)
+    return data, spec, teacher, info, time.time() - t0
+
+
+def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
+    """Run every step of ``plan`` (or those named in ``only``); returns the record."""
+    dev = resolve_device(plan.get("device", "auto"))
+    store = Store(plan.get("store")) if plan.get("store") else Store()
+    path = Path(plan["record"])
+    rec = _load_record(path)
+    done = {(r["step"], r["role"], r["seed"], r.get("teacher_seed")) for r in rec["rows"]}
+    for step in plan["steps"]:
+        if only and step["name"] not in only:
+            continue
+        s = deep_merge(plan["base"], step.get("changes", {}))
+        stage = step.get("stage", "teacher")
+        for seed in step["seeds"]:
+            tseed = step.get("teacher_seed", seed) if stage != "teacher" else None
+            key = (step["name"], stage, seed, tseed)
+            if key in done:
+                continue
+            data, spec, teacher, info, t_s = _teacher(s, tseed if tseed is not None else seed, store, dev)
+            t_row, t_loc = X.evaluate_model(teacher, data, device=dev)
+            row = {"step": step["name"], "role": stage, "seed": seed, "teacher_seed": tseed,
+                   "settings": config_key(s), "why": step.get("why", "")}
+            if stage == "teacher":
+                pre = [h for h in info["history"] if h.get("phase") == "pretrain"]
+                row.update({k: t_row[k] for k in TEACHER_COLS}, seconds=round(t_s, 1),
+                           pretrain_loss_first=pre[0]["loss"] if pre else None,
+                           pretrain_loss_last=pre[-1]["loss"] if pre else None, p1=p1_holds(t_row))
+            elif stage == "kd":
+                sspec = dict(spec, width_div=spec["width_div"] * s["main_div"])
+                t0 = time.time()
+                st, _ = X.distill(teacher, info["key"], sspec, "naive", data, dict(s["student_train"], seed=seed),
+                                  T=s.get("kd_T", 4.0), alpha=s.get("kd_alpha", 0.9), store=store, device=dev,
+                                  progress=False)
+                srow, _ = X.evaluate_model(st, data, device=dev, reference=t_loc)
+                row.update({k: srow[k] for k in TEACHER_COLS + ["cos", "cos_top1", "params"]},
+                           seconds=round(time.time() - t0, 1),
+                           teacher={k: t_row[k] for k in TEACHER_COLS})
+            elif stage == "structured":
+                t0 = time.time()
+                net, _ = X.prune_structured(teacher, info["key"], "naive", data, dict(s["structured_finetune"], seed=seed),
+                                            s["rho_c"], s["image_size"], None, store=store, device=dev, progress=False)
+                srow, _ = X.evaluate_model(net, data, device=dev, reference=t_loc)
+                row.update({k: srow[k] for k in TEACHER_COLS + ["cos", "cos_top1", "params"]},
+                           seconds=round(time.time() - t0, 1),
+                           teacher={k: t_row[k] for k in TEACHER_COLS})
+            else:
+                raise ValueError(f"step {step['name']!r}: stage {stage!r}: use teacher, kd or structured")
+            rec["rows"].append(row)
+            rec.setdefault("settings", {})[config_key(s)] = s
+            _save(path, rec)
+            log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                            if k not in ("settings", "why", "teacher")}))
+    return rec

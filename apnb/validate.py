@@ -1,0 +1,167 @@
+"""Notebook parameters checked before the kernel starts, with the library's own dataclasses.
+
+:func:`check` is called by the runner on the merged parameters of a notebook (profile + overrides) and
+raises :class:`ParameterError` with one line naming the notebook, the parameter, its value and the allowed
+range, in well under a second: before any data is generated or any network trained. The rules are not
+copied here: each value is handed to the class the library builds from it (:class:`TrainConfig`,
+:class:`MatchingConfig`, :class:`SynthConfig`, :class:`Guards`, the model builders).
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+
+class ParameterError(ValueError):
+    """A notebook parameter that the library would reject."""
+
+
+def _train(v):
+    from .engine import TrainConfig
+
+    if v is None:
+        return
+    if not isinstance(v, dict):
+        raise ValueError("must be a mapping of TrainConfig fields (epochs, lr, optimizer, schedule, ...)")
+    unknown = sorted(set(v) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown TrainConfig fields {unknown}")
+    TrainConfig(**v)
+
+
+def _spec(v):
+    from . import models as M
+
+    if not isinstance(v, dict) or "arch" not in v:
+        raise ValueError("must be a mapping with arch (vgg16_bn, vgg11_bn, resnet34, preact_resnet18) and its options")
+    fn = {"resnet34": M.resnet34, "preact_resnet18": M.PreActResNet}.get(v["arch"], M.vgg)
+    if v["arch"] not in M.VGG_CFG and v["arch"] not in ("resnet34", "preact_resnet18"):
+        raise ValueError(f"unknown arch {v['arch']!r}")
+    allowed = set(inspect.signature(fn).parameters) - {"arch"}
+    unknown = sorted(set(v) - allowed - {"arch"})
+    if unknown:
+        raise ValueError(f"unknown options {unknown} for {v['arch']} (allowed: {sorted(allowed)})")
+    wd = v.get("width_div", 1)
+    if not (isinstance(wd, int) and wd >= 1):
+        raise ValueError("width_div must be an integer >= 1")
+    if "n_pools" in v and not 1 <= v["n_pools"] <= 5:
+        raise ValueError("n_pools must be in [1, 5]")
+
+
+def _p(v):
+    from .matching import MatchingConfig
+
+    MatchingConfig(kind="sswa", p=float(v))
+
+
+def _ps(v):
+    for x in v:
+        _p(x)
+
+
+def _beta(v):
+    from .matching import MatchingConfig
+
+    if isinstance(v, dict):
+        for kind, b in v.items():
+            MatchingConfig(kind=kind, beta=b)
+    elif v is not None:
+        MatchingConfig(kind="sswa", beta=float(v))
+
+
+def _betas(v):
+    for b in v:
+        _beta(float(b))
+
+
+def _synth(v):
+    from .data.synthetic import SynthConfig
+
+    if not v:
+        return
+    unknown = sorted(set(v) - set(SynthConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown SynthConfig fields {unknown}")
+    SynthConfig(**v).validate()
+
+
+def _guards(v):
+    from .guards import Guards
+
+    Guards.of(v)
+
+
+def _seeds(v):
+    if not (isinstance(v, list) and v and all(isinstance(s, int) and s >= 0 for s in v)):
+        raise ValueError("must be a non-empty list of integers >= 0")
+
+
+def _prob(v):
+    if not 0.0 <= float(v) < 1.0:
+        raise ValueError("must be in [0, 1)")
+
+
+def _fractions(v):
+    for f in v:
+        if not 0.0 <= float(f) < 1.0:
+            raise ValueError("every fraction must be in [0, 1)")
+
+
+def _pos_int(v):
+    if not (isinstance(v, int) and v >= 1):
+        raise ValueError("must be an integer >= 1")
+
+
+def _device(v):
+    if not (v == "auto" or str(v).split(":")[0] in ("cpu", "cuda", "mps")):
+        raise ValueError("must be auto, cpu or cuda[:N]")
+
+
+def _divs(v):
+    if not (isinstance(v, list) and v and all(isinstance(d, int) and d >= 1 for d in v)):
+        raise ValueError("must be a non-empty list of integers >= 1 (width divisors)")
+
+
+RULES = {
+    "synth": _synth, "beta": _beta, "betas": _betas, "sswa_p": _p, "ps": _ps, "guards": _guards,
+    "seeds": _seeds, "sweep_seeds": _seeds, "gradat_seeds": _seeds, "design_seeds": _seeds, "ptq_seeds": _seeds,
+    "qat_seeds": _seeds, "rho_w": _prob, "rho_c": _prob, "fractions": _fractions, "ratios": _fractions,
+    "image_size": _pos_int, "iterations": _pos_int, "main_div": _pos_int, "student_divs": _divs,
+    "device": _device,
+}
+
+
+def _rule(name: str):
+    if name in RULES:
+        return RULES[name]
+    if name.endswith(("_train", "_pretrain", "_finetune")):
+        return _train
+    if name.endswith("_spec"):
+        return _spec
+    return None
+
+
+def check(notebook: str, params: dict) -> None:
+    """Validate ``params`` of ``notebook``; raise :class:`ParameterError` (one line) on the first bad value."""
+    for name, value in params.items():
+        rule = _rule(name)
+        if rule is None:
+            continue
+        try:
+            rule(value)
+        except (ValueError, TypeError) as e:
+            raise ParameterError(f"{notebook}: parameter {name} = {value!r} is invalid: {e}") from None
+    synth, root = params.get("synth"), params.get("data_root")
+    if root and not synth and not Path(root).exists():
+        raise ParameterError(f"{notebook}: parameter data_root = {root!r} does not exist (with synth off, the real "
+                             f"dataset must be there: see the reproduce page)")
+    for name in ("gtsegs",):
+        if params.get(name) and not Path(params[name]).exists():
+            raise ParameterError(f"{notebook}: parameter {name} = {params[name]!r} does not exist: give the path of "
+                                 f"the file or null")
+    if params.get("dataset") == "cifar" and params.get("cifar_root") and not Path(params["cifar_root"]).exists():
+        raise ParameterError(f"{notebook}: parameter cifar_root = {params['cifar_root']!r} does not exist: put the "
+                             f"CIFAR python batches there")
+    if "main_div" in params and "student_divs" in params and params["main_div"] not in params["student_divs"]:
+        raise ParameterError(f"{notebook}: parameter main_div = {params['main_div']} must be one of student_divs "
+                             f"{params['student_divs']}")

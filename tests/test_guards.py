@@ -1,0 +1,111 @@
+"""Premise guards, seeded initialisation, the top-1 map similarity and the baseline maps."""
+import pytest
+import torch
+
+from apnb import evaluate as E
+from apnb import experiments as X
+from apnb import guards as G
+from apnb import metrics as Mt
+from apnb import models as M
+from apnb.engine import Store
+
+pytestmark = pytest.mark.unit
+SPEC = {"arch": "vgg16_bn", "width_div": 16, "n_pools": 2, "head_pool": 1}
+
+
+def test_build_seeded_is_independent_of_history_and_leaves_global_rng():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = M.build(dict(SPEC, num_classes=4), seed=5)
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is untouched
+    torch.rand(1000)  # whatever ran before
+    b = M.build(dict(SPEC, num_classes=4), seed=5)
+    c = M.build(dict(SPEC, num_classes=4), seed=6)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_plateau_ratio_and_check():
+    flat = [{"phase": "pretrain", "loss": v} for v in (0.65, 0.61, 0.61, 0.61, 0.60)]
+    learns = [{"phase": "pretrain", "loss": v} for v in (0.68, 0.60, 0.50, 0.40, 0.33)]
+    assert G.plateau_ratio(flat) == pytest.approx(0.60 / 0.65)
+    assert G.plateau_ratio(learns) == pytest.approx(0.33 / 0.68)
+    G.check_plateau("teacher", learns, 0.8, "pretrain")
+    with pytest.raises(G.PremiseError, match=r"^teacher: the pretrain loss never left its plateau \(last/first = 0.92 > 0.8"):
+        G.check_plateau("teacher", flat, 0.8, "pretrain")
+    G.check_plateau("teacher", flat, None, "pretrain")  # switched off
+
+
+def test_chance_map_matches_random_scores():
+    g = torch.Generator().manual_seed(0)
+    y = (torch.rand(4000, 5, generator=g) < torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])).float()
+    scores = torch.rand(4000, 5, generator=g)
+    assert G.chance_map(y) == pytest.approx(0.3, abs=0.01)
+    assert Mt.voc_map(scores, y) == pytest.approx(G.chance_map(y), abs=0.02)
+
+
+def test_guards_validate():
+    with pytest.raises(ValueError, match="guards.plateau=3"):
+        G.Guards.of({"plateau": 3})
+    with pytest.raises(ValueError, match="unknown keys"):
+        G.Guards.of({"platoo": 0.5})
+    assert G.Guards.of(None).plateau is None
+
+
+def test_teacher_that_learns_nothing_is_stopped(tmp_path, synth_root):
+    """A teacher whose pretraining does not move (lr 1e-9) raises before anything is built on it; so does
+    one whose cue-free mAP misses the threshold; nothing is returned."""
+    data = X.voc_data(str(synth_root), None, 32)
+    spec = dict(SPEC, num_classes=len(data["classes"]))
+    frozen = {"epochs": 3, "lr": 1e-9, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
+    tr = {"epochs": 1, "lr": 1e-9, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
+    data["pretrain"] = data["train"]  # the fixture's pretrain split is smaller than one batch
+    with pytest.raises(G.PremiseError, match="^teacher: the pretrain loss never left its plateau"):
+        X.get_teacher(spec, data, tr, frozen, store=Store(tmp_path), device="cpu", progress=False,
+                      guards={"plateau": 0.8})
+    # the stored network is refused again on load, without training
+    with pytest.raises(G.PremiseError, match="plateau"):
+        X.get_teacher(spec, data, tr, frozen, store=Store(tmp_path), device="cpu", progress=False,
+                      guards={"plateau": 0.8})
+    with pytest.raises(G.PremiseError, match=r"^teacher: mAP_nocue \(cue-free val\) = 0\.\d+ is below the required 0\.990"):
+        X.get_teacher(spec, data, tr, frozen, store=Store(tmp_path), device="cpu", progress=False,
+                      guards={"plateau": None, "teacher_map_nocue": 0.99})
+
+
+def test_student_at_chance_is_stopped(tmp_path, synth_root):
+    data = X.voc_data(str(synth_root), None, 32)
+    spec = dict(SPEC, num_classes=len(data["classes"]))
+    tr = {"epochs": 1, "lr": 1e-9, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
+    teacher, info = X.get_teacher(spec, data, tr, None, store=Store(tmp_path), device="cpu", progress=False,
+                                  guards=None)
+    with pytest.raises(G.PremiseError, match=r"^student naive /32 seed 0: mAP \(val; chance is 0\.\d+\)"):
+        X.distill(teacher, info["key"], dict(spec, width_div=32), "naive", data, tr, store=Store(tmp_path),
+                  device="cpu", progress=False, guards={"student_over_chance": 0.9})
+
+
+def test_top1_similarity_and_baselines(synth_root, small_vgg):
+    data = X.voc_data(str(synth_root), None, 32)
+    net = M.build(dict(SPEC, num_classes=len(data["classes"])), seed=0)
+    t = E.top1_maps(net, data["val"], device="cpu")
+    assert E.top1_similarity(t, t)["cos_top1"] == pytest.approx(1.0)
+    other = M.build(dict(SPEC, num_classes=len(data["classes"])), seed=1)
+    s = E.top1_maps(other, data["val"], device="cpu", targets=t[0])
+    assert torch.equal(s[0], t[0])
+    c = E.top1_similarity(t, s)["cos_top1"]
+    # hand reference: the mean of per-image cosines
+    ref = torch.nn.functional.cosine_similarity(t[1].flatten(1).double(), s[1].flatten(1).double(), dim=1).mean()
+    assert c == pytest.approx(float(ref), abs=1e-9)
+    with pytest.raises(Mt.MetricError, match="teacher's top-1"):
+        E.top1_similarity(t, E.top1_maps(other, data["val"], device="cpu", targets=(t[0] + 1) % len(data["classes"])))
+    # the centred Gaussian peaks at the centre and is symmetric; the random map is seeded
+    x = torch.zeros(2, 3, 32, 32)
+    g = E.baseline_attr("center")(None, x, None)
+    assert g.shape == (2, 32, 32) and torch.allclose(g, g.flip(-1)) and torch.allclose(g, g.flip(-2))
+    assert g[0].flatten().argmax() // 32 in (15, 16)
+    r1, r2 = E.baseline_attr("random", seed=3)(None, x, None), E.baseline_attr("random", seed=3)(None, x, None)
+    assert torch.equal(r1, r2)
+    with pytest.raises(ValueError, match="use center or random"):
+        E.baseline_attr("corner")
+    row, _ = X.evaluate_model(net, data, device="cpu", attr=E.baseline_attr("random"))
+    assert 0.0 <= row["AUC"] <= 1.0 or row["AUC"] != row["AUC"]
