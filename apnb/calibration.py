@@ -13,7 +13,12 @@ The paper's argument needs two premises (book page "How the benchmark was calibr
 :func:`run` trains each step of ``profiles/calibrate.yml`` on seeds the book does not use (network seeds
 100+, data seed 1) and writes one row per (step, seed) to a JSON record, atomically after every run;
 a re-run skips the rows already recorded (and reloads networks from the store), so an interrupted
-calibration resumes. Only teacher and naive runs are looked at: no matching regularizer is trained here.
+calibration resumes. Only teacher and naive runs are looked at for the premises.
+
+**The regularizer's weight** is chosen by a rule fixed before any localization number of a matched network
+exists (:func:`beta_rule`): per method, the largest beta on the grid whose mean mAP on the calibration val
+split (data seed 1, never shown in the book) stays within 2 points of naive KD's over the same seeds. The
+``beta`` stage records mAP and F1 only: no map of a matched student is computed during calibration.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from . import evaluate as E
 from . import experiments as X
 from . import report
 from .config import atomic_write_text, resolve_device
@@ -95,18 +101,37 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
     store = Store(plan.get("store")) if plan.get("store") else Store()
     path = Path(plan["record"])
     rec = _load_record(path)
-    done = {(r["step"], r["role"], r["seed"], r.get("teacher_seed")) for r in rec["rows"]}
+    done = {(r["step"], r["role"], r["seed"], r.get("teacher_seed"), r.get("method"), r.get("beta"))
+            for r in rec["rows"]}
     for step in plan["steps"]:
         if only and step["name"] not in only:
             continue
         s = deep_merge(plan["base"], step.get("changes", {}))
         stage = step.get("stage", "teacher")
-        for seed in step["seeds"]:
+        grid = [(m, float(b)) for m in step.get("methods", []) for b in step.get("betas", [])] or [(None, None)]
+        for (method, beta), seed in [(g, sd) for g in grid for sd in step["seeds"]]:
             tseed = step.get("teacher_seed", seed) if stage != "teacher" else None
-            key = (step["name"], stage, seed, tseed)
+            key = (step["name"], stage, seed, tseed, method, beta)
             if key in done:
                 continue
+            if stage == "beta" and _missed_below(rec["rows"], step, method, beta):
+                continue  # a smaller beta already missed: the walk up the grid has ended
             data, spec, teacher, info, t_s = _teacher(s, tseed if tseed is not None else seed, store, dev)
+            if stage == "beta":  # accuracy only: the rule must not see a map of a matched network
+                sspec = dict(spec, width_div=spec["width_div"] * s["main_div"])
+                t0 = time.time()
+                st, _ = X.distill(teacher, info["key"], sspec, method, data, dict(s["student_train"], seed=seed),
+                                  beta=beta, p=s.get("sswa_p", 0.3), T=s.get("kd_T", 4.0), alpha=s.get("kd_alpha", 0.9),
+                                  store=store, device=dev, progress=False)
+                row = {"step": step["name"], "role": stage, "seed": seed, "teacher_seed": tseed, "method": method,
+                       "beta": beta, "settings": config_key(s), "why": step.get("why", ""),
+                       **E.prediction_metrics(st, data["val"], dev), "seconds": round(time.time() - t0, 1)}
+                rec["rows"].append(row)
+                rec.setdefault("settings", {})[config_key(s)] = s
+                _save(path, rec)
+                log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                                if k not in ("settings", "why")}))
+                continue
             t_row, t_loc = X.evaluate_model(teacher, data, device=dev)
             row = {"step": step["name"], "role": stage, "seed": seed, "teacher_seed": tseed,
                    "settings": config_key(s), "why": step.get("why", "")}
@@ -141,3 +166,84 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
             log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                             if k not in ("settings", "why", "teacher")}))
     return rec
+
+
+def _missed_below(rows: list[dict], step: dict, method: str, beta: float, tolerance: float = 0.02) -> bool:
+    """Whether a smaller beta of ``method`` in this step, trained on all its seeds, already missed the rule."""
+    naive = {r["seed"]: r["mAP"] for r in rows if r["role"] == "kd"}
+    for b in sorted({r["beta"] for r in rows if r.get("step") == step["name"] and r.get("method") == method}):
+        rs = [r for r in rows if r.get("step") == step["name"] and r.get("method") == method and r["beta"] == b]
+        if b < beta and len(rs) == len(step["seeds"]) and \
+                np.mean([naive[r["seed"]] - r["mAP"] for r in rs if r["seed"] in naive]) > tolerance:
+            return True
+    return False
+
+
+def beta_rule(rows: list[dict], tolerance: float = 0.02) -> dict:
+    """Per method, walk the beta grid upwards and keep the last beta whose mean mAP (over the seeds it shares
+    with naive KD) is at least the naive mean minus ``tolerance``; the first beta that misses ends the walk
+    (the larger ones are not trained). None when the smallest already misses. ``rows``: the records of the
+    naive KD and beta stages. Looks at mAP only."""
+    naive = {r["seed"]: r["mAP"] for r in rows if r["role"] == "kd"}
+    out = {}
+    for m in sorted({r["method"] for r in rows if r["role"] == "beta"}):
+        best = None
+        for b in sorted({r["beta"] for r in rows if r["role"] == "beta" and r["method"] == m}):
+            rs = [r for r in rows if r["role"] == "beta" and r["method"] == m and r["beta"] == b and r["seed"] in naive]
+            if not rs:
+                continue
+            if np.mean([naive[r["seed"]] - r["mAP"] for r in rs]) > tolerance:
+                break
+            best = b
+        out[m] = best
+    return out
+
+
+# ------------------------------------------------------------------ reading the record (the book's page)
+def load_record(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"calibration record {p} does not exist: run `apnb calibrate` first")
+    return json.loads(p.read_text())
+
+
+def tried(rec: dict, plan: dict | None = None):
+    """One row per step: what it changed, why (from ``plan`` when given, else as recorded), on which seeds,
+    and whether its premise held."""
+    import pandas as pd
+
+    rows = []
+    by = {}
+    for r in rec["rows"]:
+        by.setdefault((r["step"], r["role"]), []).append(r)
+    whys = {}
+    for st in (plan or {}).get("steps", []):
+        whys.setdefault((st["name"], st.get("stage", "teacher")), []).append(st.get("why", ""))
+    for (step, role), rs in by.items():
+        if role == "teacher":
+            outcome = f"P1 holds on {sum(r['p1'] for r in rs)} of {len(rs)} seeds"
+        elif role in ("kd", "structured"):
+            outcome = "P2 " + ("holds" if p2_summary(rs[0]["teacher"], rs)["holds"] else "does not hold") + \
+                      f" ({len(rs)} seeds)"
+        else:
+            outcome = f"{len(rs)} students, mAP only"
+        rows.append({"step": step, "stage": role, "seeds": ", ".join(str(s) for s in sorted({r["seed"] for r in rs})),
+                     "why": " ".join(dict.fromkeys(whys.get((step, role), [rs[0].get("why", "")]))),
+                     "outcome": outcome})
+    return pd.DataFrame(rows)
+
+
+def teacher_spread(rec: dict):
+    """The teachers of the recipe, one row per seed, and their mean and standard deviation."""
+    import pandas as pd
+
+    df = pd.DataFrame([r for r in rec["rows"] if r["role"] == "teacher"])
+    cols = TEACHER_COLS
+    per = df[["step", "seed", *cols, "p1", "seconds"]].sort_values("seed")
+    agg = pd.DataFrame([{"seed": "mean", **df[cols].mean().to_dict()}, {"seed": "sd", **df[cols].std(ddof=1).to_dict()}])
+    return per, agg
+
+
+def p2_rows(rec: dict, role: str) -> tuple[list[dict], dict]:
+    rs = [r for r in rec["rows"] if r["role"] == role]
+    return rs, (p2_summary(rs[0]["teacher"], rs) if rs else {})

@@ -226,3 +226,40 @@ def build_book(profile: str = "demo", run: bool = True, force: bool = False) -> 
         raise RunError(f"jupyter-book build of {stage} failed (exit {r.returncode}): see the warnings above")
     index = stage / "_build" / "html" / "index.html"
     return index
+
+
+def _literal(v) -> str:
+    """A Python literal in the notebooks' style (double quotes)."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_literal(x) for x in v) + "]"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def sync_parameter_cells(profile: str = "demo", notebooks: list[Path] | None = None) -> list[Path]:
+    """Rewrite each notebook's ``parameters`` cell so that its literals are the ``profile``'s values: the
+    profile is the one source, and a notebook opened by hand runs the demo setting. Returns the changed
+    notebooks. (``tests/test_runner.py`` checks that every cell agrees with the demo profile.)"""
+    import nbformat
+
+    changed = []
+    for nb in notebooks or toc_notebooks():
+        params = {k: v for k, v in params_for(nb, profile).items() if k != "profile"}
+        node = nbformat.read(nb, as_version=4)
+        for cell in node.cells:
+            if "parameters" not in cell.get("metadata", {}).get("tags", []):
+                continue
+            lines = []
+            for line in cell.source.splitlines():
+                name = line.split("=", 1)[0].strip() if "=" in line else None
+                lines.append(f"{name} = {_literal(params[name])}" if name in params else line)
+            src = "\n".join(lines)
+            if src != cell.source:
+                cell.source = src
+                nbformat.write(node, nb)
+                changed.append(nb)
+            break
+    return changed

@@ -70,3 +70,15 @@ def test_cli_help_and_errors(capsys, mini_repo):
 def test_record_rows_need_metric_and_value(tmp_path):
     with pytest.raises(ValueError, match="metric"):
         records.log("t", [{"x": 1}], tmp_path / "r.json")
+
+
+def test_parameter_cells_hold_the_demo_profile():
+    """The demo profile is the one source: each notebook's own parameter literals equal its demo values
+    (`apnb.runner.sync_parameter_cells` rewrites them), so stored networks are shared across notebooks."""
+    from apnb import runner
+
+    for nb in runner.toc_notebooks():
+        declared = runner.notebook_parameters(nb)
+        for k, v in runner.params_for(nb, "demo").items():
+            if k != "profile":
+                assert declared[k] == v, f"{nb.name}: parameter {k} = {declared[k]!r}, demo profile {v!r}"

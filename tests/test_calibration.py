@@ -1,0 +1,68 @@
+"""The calibration's rules on hand cases, and the demo profile is the calibrated, frozen setting."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from apnb import calibration as K
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[1]
+T = {"mAP": 0.88, "mAP_nocue": 0.87, "AUC": 0.90, "point_acc": 0.72, "point_acc_tol": 0.88}
+
+
+def _student(d_map, d_auc, d_pt, gap, seed):
+    return {"seed": seed, "mAP": T["mAP"] - d_map, "mAP_nocue": T["mAP"] - d_map - gap, "AUC": T["AUC"] - d_auc,
+            "point_acc_tol": T["point_acc_tol"] - d_pt}
+
+
+def test_p2_summary_hand_cases():
+    drifted = [_student(0.10 + 0.01 * i, 0.08 + 0.005 * i, 0.15, 0.12, i) for i in range(5)]
+    s = K.p2_summary(T, drifted)
+    assert s["holds"] and s["n"] == 5
+    assert s["map_loss"] == pytest.approx(0.12) and s["auc_drop"] == pytest.approx(0.09)
+    assert s["extra_gap"] == pytest.approx(0.12 - 0.01)  # the teacher's own gap is 0.01
+    assert not K.p2_summary(T, drifted[:4])["holds"]  # fewer than 5 seeds
+    too_lossy = [_student(0.20, 0.08, 0.15, 0.12, i) for i in range(5)]
+    assert not K.p2_summary(T, too_lossy)["holds"]
+    no_drift = [_student(0.05, 0.01, 0.02, 0.0, i) for i in range(5)]
+    assert not K.p2_summary(T, no_drift)["holds"]
+
+
+def test_p1_thresholds():
+    assert K.p1_holds(T)
+    assert not K.p1_holds(dict(T, mAP_nocue=0.79))
+    assert not K.p1_holds(dict(T, point_acc_tol=0.59))
+
+
+def test_beta_rule_largest_beta_within_two_points_of_naive():
+    rows = [{"role": "kd", "seed": s, "mAP": 0.80} for s in (0, 1)]
+    for b, m in [(3, 0.80), (10, 0.79), (30, 0.775), (100, 0.70)]:
+        rows += [{"role": "beta", "method": "swa", "beta": float(b), "seed": s, "mAP": m} for s in (0, 1)]
+    rows += [{"role": "beta", "method": "ewa", "beta": 3.0, "seed": s, "mAP": 0.70} for s in (0, 1)]
+    assert K.beta_rule(rows) == {"ewa": None, "swa": 10.0}
+    assert K.beta_rule(rows, tolerance=0.03) == {"ewa": None, "swa": 30.0}
+    # the walk ends at the first miss: a larger beta that happens to pass again is not taken
+    rows += [{"role": "beta", "method": "swa", "beta": 300.0, "seed": s, "mAP": 0.80} for s in (0, 1)]
+    assert K.beta_rule(rows)["swa"] == 10.0
+
+
+def test_deep_merge():
+    assert K.deep_merge({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3}, "b": 1}
+
+
+def test_demo_profile_is_the_calibrated_setting():
+    """The book's demo profile holds the setting the calibration froze (all but the seeds, which differ
+    on purpose: calibration data seed 1 and network seeds 100+, the book's data seed 0 and seeds 0-4)."""
+    rec = K.load_record(REPO / "calibration" / "demo.json")
+    kd = [r for r in rec["rows"] if r["role"] == "kd"]
+    frozen = rec["settings"][kd[0]["settings"]]
+    demo = yaml.safe_load((REPO / "profiles" / "demo.yml").read_text())["defaults"]
+    strip = lambda d: {k: v for k, v in d.items() if k != "seed"}  # noqa: E731
+    assert strip(demo["synth"]) == strip(frozen["synth"]) and demo["synth"]["seed"] != frozen["synth"]["seed"]
+    for k in ("image_size", "teacher_spec", "main_div", "rho_c", "kd_T", "kd_alpha"):
+        assert demo[k] == frozen[k], k
+    for k in ("teacher_pretrain", "teacher_train", "student_train", "structured_finetune"):
+        assert strip(demo[k]) == strip(frozen[k]), k
+    betas = K.beta_rule([r for r in rec["rows"] if r["role"] in ("kd", "beta")])
+    assert demo["beta"] == {m: b for m, b in betas.items()}
