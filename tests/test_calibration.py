@@ -62,7 +62,12 @@ def test_demo_profile_is_the_calibrated_setting():
     assert strip(demo["synth"]) == strip(frozen["synth"]) and demo["synth"]["seed"] != frozen["synth"]["seed"]
     for k in ("image_size", "teacher_spec", "main_div", "rho_c", "kd_T", "kd_alpha"):
         assert demo[k] == frozen[k], k
-    for k in ("teacher_pretrain", "teacher_train", "student_train", "structured_finetune"):
+    for k in ("teacher_pretrain", "teacher_train", "student_train"):
         assert strip(demo[k]) == strip(frozen[k]), k
+    # the structured fine-tune of the last structured step, whose P2 must hold
+    st_step = [r for r in rec["rows"] if r["role"] == "structured"][-1]["step"]
+    st_rows = [r for r in rec["rows"] if r["step"] == st_step]
+    assert K.p2_summary(st_rows[0]["teacher"], st_rows)["holds"]
+    assert demo["structured_finetune"] == rec["settings"][st_rows[0]["settings"]]["structured_finetune"]
     betas = K.beta_rule([r for r in rec["rows"] if r["role"] in ("kd", "beta")])
     assert demo["beta"] == {m: b for m, b in betas.items()}
