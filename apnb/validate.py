@@ -82,7 +82,8 @@ def _synth(v):
     unknown = sorted(set(v) - set(SynthConfig.__dataclass_fields__))
     if unknown:
         raise ValueError(f"unknown SynthConfig fields {unknown}")
-    SynthConfig(**v).validate()
+    # without n_seg the set is an ImageNet-like one (no VOC segmentation split to check against n_val)
+    SynthConfig(**v).validate("voc" if "n_seg" in v else "imagenet")
 
 
 def _guards(v):
@@ -134,7 +135,7 @@ RULES = {
 def _rule(name: str):
     if name in RULES:
         return RULES[name]
-    if name.endswith(("_train", "_pretrain", "_finetune")):
+    if name.endswith(("_train", "_pretrain", "_finetune")) and not name.startswith("n_"):
         return _train
     if name.endswith("_spec"):
         return _spec
