@@ -234,16 +234,27 @@ def tried(rec: dict, plan: dict | None = None):
 
 
 def teacher_spread(rec: dict):
-    """The teachers of the recipe, one row per seed, and their mean and standard deviation."""
+    """The teachers, one row per (step, seed), and per step their mean and standard deviation."""
     import pandas as pd
 
     df = pd.DataFrame([r for r in rec["rows"] if r["role"] == "teacher"])
     cols = TEACHER_COLS
-    per = df[["step", "seed", *cols, "p1", "seconds"]].sort_values("seed")
-    agg = pd.DataFrame([{"seed": "mean", **df[cols].mean().to_dict()}, {"seed": "sd", **df[cols].std(ddof=1).to_dict()}])
-    return per, agg
+    per = df[["step", "seed", *cols, "p1", "seconds"]].sort_values(["step", "seed"], key=lambda c: c.astype(str))
+    agg = []
+    for step, g in df.groupby("step", sort=False):
+        agg.append({"step": step, "seed": "mean", **g[cols].mean().to_dict()})
+        agg.append({"step": step, "seed": "sd", **g[cols].std(ddof=1).to_dict()})
+    return per, pd.DataFrame(agg)
+
+
+def frozen_teacher_step(rec: dict) -> str:
+    """The teacher step whose setting the naive students were calibrated on (the frozen recipe)."""
+    kd = [r for r in rec["rows"] if r["role"] == "kd"]
+    return next(r["step"] for r in rec["rows"] if r["role"] == "teacher" and r["settings"] == kd[0]["settings"])
 
 
 def p2_rows(rec: dict, role: str) -> tuple[list[dict], dict]:
+    """The rows of the last step of ``role`` (``kd`` or ``structured``: the frozen setting) and their P2."""
     rs = [r for r in rec["rows"] if r["role"] == role]
+    rs = [r for r in rs if r["step"] == rs[-1]["step"]] if rs else []
     return rs, (p2_summary(rs[0]["teacher"], rs) if rs else {})
