@@ -264,7 +264,9 @@ def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", a
     the teacher's :class:`~apnb.evaluate.LocResult`). Empty selections give NaN rather than an error.
 
     On the synthetic benchmark ``mAP_nocue`` is the mAP on the same val images re-rendered without the
-    context cue: the gap ``mAP - mAP_nocue`` measures how much the network relies on the shortcut.
+    context cue: the gap ``mAP - mAP_nocue`` measures how much the network relies on the shortcut. Real VOC
+    has no such copy: there (multi-label data without ``val_nocue``) ``mAP_nocue`` is NaN, so tables keep
+    their columns and the verdicts that need it say "no data".
     ``single_label`` (ImageNet, supplement B): top-1 accuracy, and the top-1 prediction's map on every image.
 
     With Grad-CAM (``attr=None``), ``cos_top1`` is the cosine of the maps at ``match_layer`` (default
@@ -280,6 +282,8 @@ def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", a
     row.update(E.prediction_metrics(model, data["val"], device, multilabel=not single_label))
     if "val_nocue" in data:  # the same val images without their context cue: reliance on the shortcut
         row["mAP_nocue"] = E.prediction_metrics(model, data["val_nocue"], device)["mAP"]
+    elif not single_label:
+        row["mAP_nocue"] = float("nan")
     row.update(loc.summary(strict=False))
     if reference is not None:
         row.update(E.similarity(reference, loc, strict=False))

@@ -63,9 +63,36 @@ def load_profile(name: str, root: Path | None = None) -> dict:
         avail = sorted(q.stem for q in (root / "profiles").glob("*.yml"))
         raise RunError(f"profile {name!r} not found at {p}: available profiles are {', '.join(avail)}")
     prof = yaml.safe_load(p.read_text()) or {}
+    unknown = sorted(set(prof) - {"defaults", "notebooks", "extends", "fixtures"})
+    if unknown:
+        raise RunError(f"profiles/{name}.yml: unknown top-level keys {unknown} (allowed: defaults, notebooks, "
+                       f"extends, fixtures)")
     prof.setdefault("defaults", {})
     prof.setdefault("notebooks", {})
+    prof["defaults"] = prof["defaults"] or {}
+    prof["notebooks"] = prof["notebooks"] or {}
+    if prof.get("extends"):
+        # a profile may restate only what differs from another: its values replace the base's, key by key
+        # (a mapping value such as teacher_train is replaced whole, never merged field by field)
+        base = load_profile(prof["extends"], root)
+        prof["defaults"] = {**base["defaults"], **prof["defaults"]}
+        nbs = {}
+        for stem in {**base["notebooks"], **prof["notebooks"]}:
+            nbs[stem] = {**(base["notebooks"].get(stem) or {}), **(prof["notebooks"].get(stem) or {})}
+        prof["notebooks"] = nbs
+        prof.setdefault("fixtures", base.get("fixtures"))
     return prof
+
+
+def prepare_fixtures(profile: str) -> Path | None:
+    """Write the real-format fixtures a profile names (``fixtures: <folder>``, see :mod:`apnb.data.fixtures`)
+    unless they are there; locked, so concurrent runs write them once."""
+    f = load_profile(profile).get("fixtures")
+    if not f:
+        return None
+    from .data import fixtures
+
+    return fixtures.write_all(repo_root() / f)
 
 
 def notebook_parameters(nb: Path) -> dict:
@@ -137,6 +164,7 @@ def run_notebook(nb: str | Path, profile: str = "demo", overrides: dict | None =
         nb = (Path.cwd() / nb) if (Path.cwd() / nb).exists() else repo_root() / nb
     if not nb.exists():
         raise RunError(f"notebook {nb} does not exist: see `apnb run --list`")
+    prepare_fixtures(profile)  # before the checks, which look for the data the profile names
     params = params_for(nb, profile, overrides)
     out_dir = out_dir or runs_dir(profile)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -42,3 +42,16 @@ def smoke_book(smoke_runs):
     from apnb import runner
 
     return runner.build_book("smoke", run=False)
+
+
+@pytest.fixture(scope="session")
+def paper_dry_runs():
+    """Every notebook of the toc executed at the paper-dry profile: the paper's architectures, image sizes and
+    schedules on real-format fixtures (skipped when unchanged); their run records."""
+    from apnb import records, runner
+
+    out = {}
+    for nb in runner.toc_notebooks():
+        runner.run_notebook(nb, "paper-dry")
+        out[nb.stem] = records.load(runner.runs_dir("paper-dry") / f"{nb.stem}.results.json")
+    return out

@@ -1,5 +1,4 @@
 """The LPI supplement's path (study 9): CIFAR pickle batches -> PreActResNet-18 -> maps -> ROAR / DiffROAR."""
-import pickle
 
 import numpy as np
 import pytest
@@ -17,17 +16,9 @@ pytestmark = pytest.mark.unit
 @pytest.fixture(scope="module")
 def cifar_root(tmp_path_factory):
     """CIFAR-10 python batches where class c is a bright square in quadrant c % 4 (learnable, localised)."""
-    root = tmp_path_factory.mktemp("cifar-10-batches-py")
-    rng = np.random.default_rng(0)
-    for name, n in [(f"data_batch_{i}", 24) for i in range(1, 6)] + [("test_batch", 40)]:
-        labels = rng.integers(0, 4, n)
-        img = rng.integers(0, 60, (n, 3, 32, 32), dtype=np.uint8)
-        for j, c in enumerate(labels):
-            r, q = divmod(int(c), 2)
-            img[j, :, r * 16 + 2:r * 16 + 14, q * 16 + 2:q * 16 + 14] = 250
-        with open(root / name, "wb") as f:
-            pickle.dump({"data": img.reshape(n, -1), "labels": labels.tolist()}, f)
-    return root
+    from apnb.data.fixtures import write_cifar_fixture
+
+    return write_cifar_fixture(tmp_path_factory.mktemp("cifar-10-batches-py"))
 
 
 def test_preact_resnet18():
