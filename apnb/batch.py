@@ -13,6 +13,7 @@ comes from the store.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def executor(kind: str = "local", folder: str | Path | None = None, partition: s
     if kind == "local":
         ex = submitit.LocalExecutor(folder=folder)
         ex.update_parameters(timeout_min=timeout_min)
+        ex.apnb_parallelism = parallelism  # submitit starts local jobs at once; submit() keeps this many running
         return ex
     if kind != "slurm":
         raise ValueError(f"executor {kind!r}: use local or slurm")
@@ -76,9 +78,21 @@ def executor(kind: str = "local", folder: str | Path | None = None, partition: s
     return ex
 
 
-def submit(jobs: list[Job], ex, wait: bool = True, log=print):
-    """Submit ``jobs`` as one array; with ``wait``, collect them and raise one error naming every failure."""
-    handles = ex.map_array(run_job, jobs)
+def submit(jobs: list[Job], ex, wait: bool = True, log=print, poll_s: float = 1.0):
+    """Submit ``jobs`` as one array; with ``wait``, collect them and raise one error naming every failure.
+
+    A local executor runs at most its ``parallelism`` jobs at once: the next job starts when one ends (so
+    submitting returns only when the last job has started). Jobs that need the same network share it
+    through the store's entry locks: the first trains it, the others wait and load it."""
+    limit = getattr(ex, "apnb_parallelism", None)
+    if limit and len(jobs) > limit:
+        handles = []
+        for j in jobs:
+            while sum(not h.done() for h in handles) >= limit:
+                time.sleep(poll_s)
+            handles.append(ex.submit(run_job, j))
+    else:
+        handles = ex.map_array(run_job, jobs)
     for j, h in zip(jobs, handles):
         log(f"apnb: submitted {j.label} [{j.profile}] as job {h.job_id}")
     if not wait:

@@ -65,3 +65,40 @@ def test_slurm_executor_writes_the_sbatch_options(tmp_path, monkeypatch):
     assert ex._executor.parameters["array_parallelism"] == 4
     with pytest.raises(ValueError, match="use local or slurm"):
         batch.executor("pbs")
+
+
+def _teacher_notebook(path):
+    """A notebook that asks the store for a (smoke-sized) teacher and records how often it ran ``fit``."""
+    nb = new_notebook(cells=[
+        new_code_cell('profile = "smoke"\nseeds = [0]\ndata_root = ""\nstore = ""', metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            "import hashlib\n"
+            "from apnb import experiments as X, records\n"
+            "from apnb.engine import Store\n"
+            "calls = []\n"
+            "_fit = X.fit\n"
+            "X.fit = lambda *a, **k: (calls.append(1), _fit(*a, **k))[1]\n"
+            "data = X.voc_data(data_root, None, 32)\n"
+            "spec = {'arch': 'vgg16_bn', 'width_div': 16, 'n_pools': 2, 'head_pool': 1, 'num_classes': len(data['classes'])}\n"
+            "tr = {'epochs': 1, 'lr': 0.05, 'schedule': 'onecycle', 'batch_size': 16, 'seed': 0}\n"
+            "model, info = X.get_teacher(spec, data, tr, store=Store(store), device='cpu', progress=False)\n"
+            "h = hashlib.sha256(b''.join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()\n"
+            "records.log('runs', [{'seed': seeds[0], 'metric': 'fits', 'value': len(calls), 'weights': h}])"),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, path)
+    return path
+
+
+def test_local_executor_with_parallelism_trains_a_shared_network_once(tmp_path, synth_root, monkeypatch):
+    """``apnb run --executor local --parallelism 2`` on a fresh store: three jobs need one teacher; two run
+    at once, one of them trains it and every other job loads it (the store entry's lock)."""
+    monkeypatch.setattr(runner, "runs_dir", lambda profile: tmp_path / "runs" / profile)
+    nb = _teacher_notebook(tmp_path / "toy_teacher.ipynb")
+    jobs = batch.plan([nb], "smoke", seeds=[0, 1, 2], overrides={"data_root": str(synth_root),
+                                                                 "store": str(tmp_path / "store")})
+    ex = batch.executor("local", folder=tmp_path / "jobs" / "%j", timeout_min=10, parallelism=2)
+    batch.submit(jobs, ex, log=lambda *a: None, poll_s=0.2)
+    rows = [r for s in (0, 1, 2) for r in records.load(tmp_path / "runs" / "smoke" / f"seed-{s}" /
+                                                         "toy_teacher.results.json")["rows"]]
+    assert sorted(r["value"] for r in rows) == [0, 0, 1]  # trained once, loaded twice
+    assert len({r["weights"] for r in rows}) == 1
