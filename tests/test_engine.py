@@ -172,6 +172,30 @@ def test_pretrained_weights_absent_is_an_error(tmp_path, monkeypatch):
         M.load_imagenet_weights(M.vgg("vgg16_bn", 20), "vgg16_bn")
 
 
+@pytest.mark.parametrize("arch", ["vgg16_bn", "resnet34"])
+def test_pretrained_weights_load_from_the_torch_cache(tmp_path, monkeypatch, arch):
+    """A torchvision state dict in the torch cache (random weights of the real file's names and shapes, as
+    ``torch.save`` writes it) is copied into the paper's networks: every feature tensor, and the classifier
+    only where the head is torchvision's 1000-class one."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    tv = getattr(torchvision.models, arch)()
+    path = M.torch_cache_weights(arch)
+    path.parent.mkdir(parents=True)
+    torch.save(tv.state_dict(), path)
+    ref = tv.state_dict()
+    if arch == "vgg16_bn":
+        voc = M.load_imagenet_weights(M.vgg("vgg16_bn", 20), arch).state_dict()
+        feats = [k for k in ref if k.startswith("features.")]
+        assert feats and all(torch.equal(voc[k], ref[k]) for k in feats)
+        assert voc["classifier.1.weight"].shape == (20, 25088)  # the VOC head stays as initialised
+        full = M.load_imagenet_weights(M.vgg("vgg16_bn", 1000, head="torchvision"), arch).state_dict()
+    else:
+        full = M.load_imagenet_weights(M.resnet34(1000), arch).state_dict()
+    assert all(torch.equal(full[k], v) for k, v in ref.items())
+
+
 def test_paper_parameter_counts():
     assert M.count_params(M.vgg("vgg16_bn", 20)) == 15_224_916  # paper: 15.22M
     assert round(M.count_params(M.vgg("vgg16_bn", 20, width_div=8)) / 1e6, 2) == 0.29  # paper: 0.29M
