@@ -79,3 +79,7 @@ def test_smoke_book_builds_without_warnings(smoke_book):
     assert index.exists()
     html = (index.parent / "notebooks" / "01_voc_distillation.html").read_text()
     assert "Traceback" not in html
+    for page in sorted((index.parent / "notebooks").glob("*.html")):
+        text = page.read_text()
+        for noise in ("it/s]", "s/it]", "TqdmWarning", "UserWarning", "RuntimeWarning", "FutureWarning"):
+            assert noise not in text, f"{page.name} shows {noise!r}: stderr must not reach a rendered page"
