@@ -53,21 +53,22 @@ def main(argv=None):
 
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
-    s = dsub.add_parser("synth", help="write the synthetic benchmark (VOC 2012 layout, or ImageNet-S layout)")
-    s.add_argument("--out", required=True)
+    s = dsub.add_parser("synth", help="write the synthetic benchmark (VOC 2012 layout, or ImageNet-S layout)",
+                        description="Every SynthConfig field is a flag (defaults: SynthConfig's). --profile takes "
+                                    "a profile's synth settings (and data root), so `apnb data synth --profile demo` "
+                                    "writes exactly the demo data; flags given as well override them.")
+    s.add_argument("--out", help="the folder (default: the profile's data_root with --profile)")
     s.add_argument("--mode", choices=["voc", "imagenet"], default="voc")
-    s.add_argument("--classes", type=int, default=6)
-    s.add_argument("--n-train", type=int, default=3000)
-    s.add_argument("--n-val", type=int, default=600)
-    s.add_argument("--n-seg", type=int, default=600)
-    s.add_argument("--n-pretrain", type=int, default=3000)
-    s.add_argument("--size", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--context-bias", type=float, default=0.8, help="probability of the class-correlated cue")
-    s.add_argument("--cue-period", type=float, default=5.0)
-    s.add_argument("--max-objects", type=int, default=3)
-    s.add_argument("--radius-min", type=float, default=0.12, help="object radius, share of the image side")
-    s.add_argument("--radius-max", type=float, default=0.22)
+    s.add_argument("--profile", help="take synth settings and data_root from this profile (05_imagenet's for "
+                                     "--mode imagenet)")
+    from dataclasses import fields
+
+    from .data.synthetic import SynthConfig
+
+    for f in fields(SynthConfig):
+        if f.name != "version":
+            s.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                           help=f"SynthConfig.{f.name} (default {f.default})")
 
     args = ap.parse_args(argv)
     from . import runner
@@ -109,14 +110,27 @@ def main(argv=None):
             for p in write_course(args.out, runner.toc_notebooks()):
                 print(p)
         elif args.cmd == "data" and args.data_cmd == "synth":
+            from dataclasses import fields
+
             from .data import synthetic
 
-            kw = dict(classes=args.classes, n_train=args.n_train, n_val=args.n_val, n_seg=min(args.n_seg, args.n_val),
-                      n_pretrain=args.n_pretrain, size=args.size, seed=args.seed, context_bias=args.context_bias,
-                      cue_period=args.cue_period, max_objects=args.max_objects, radius_min=args.radius_min,
-                      radius_max=args.radius_max)
+            kw, out = {}, args.out
+            if args.profile:
+                stem = "05_imagenet" if args.mode == "imagenet" else None
+                prof = runner.load_profile(args.profile)
+                p = {**prof["defaults"], **((prof["notebooks"].get(stem) or {}) if stem else {})}
+                if not p.get("synth"):
+                    raise runner.RunError(f"profile {args.profile!r} has no synth settings for --mode {args.mode} "
+                                          f"(it reads real data)")
+                kw, out = dict(p["synth"]), out or str(runner.repo_root() / p["data_root"])
+            if not out:
+                s.error("give --out DIR or --profile NAME")
+            kw.update({f.name: getattr(args, f.name) for f in fields(synthetic.SynthConfig)
+                       if f.name != "version" and getattr(args, f.name) is not None})
+            if args.mode == "voc" and "n_val" in kw and "n_seg" not in kw:
+                kw["n_seg"] = min(kw["n_val"], synthetic.SynthConfig.n_seg)
             # locked and atomic: a concurrent run into the same folder waits, then reuses the identical tree
-            print(synthetic.ensure(args.out, args.mode, **kw))
+            print(synthetic.ensure(out, args.mode, **kw))
     except (runner.RunError, ValueError, FileNotFoundError) as e:
         print(f"apnb: error: {e}", file=sys.stderr)
         return 2

@@ -190,3 +190,22 @@ def test_cifar_pickles(tmp_path):
     assert tr.tensors[0].shape == (20, 3, 32, 32) and tr.tensors[1].tolist()[:4] == [0, 1, 2, 9]
     with pytest.raises(DataError, match="missing"):
         load_cifar(tmp_path, num_classes=100)
+
+
+def test_cli_synth_takes_a_profiles_settings(tmp_path, capsys):
+    """`apnb data synth --profile P` writes exactly the data the profile's notebooks use (every SynthConfig
+    field is a flag; flags override the profile)."""
+    import json
+
+    from apnb import cli, runner
+
+    synth = runner.load_profile("smoke")["defaults"]["synth"]
+    assert cli.main(["data", "synth", "--profile", "smoke", "--out", str(tmp_path / "a")]) in (0, None)
+    stamp = json.loads((tmp_path / "a/VOCdevkit/VOC2012/apnb_synth.json").read_text())
+    assert {k: stamp[k] for k in synth} == synth
+    cli.main(["data", "synth", "--profile", "smoke", "--out", str(tmp_path / "b"), "--fragment-prob", "0.5",
+              "--seed", "4"])
+    stamp = json.loads((tmp_path / "b/VOCdevkit/VOC2012/apnb_synth.json").read_text())
+    assert stamp["fragment_prob"] == 0.5 and stamp["seed"] == 4 and stamp["n_train"] == synth["n_train"]
+    assert cli.main(["data", "synth", "--profile", "paper"]) == 2
+    assert "reads real data" in capsys.readouterr().err
