@@ -33,10 +33,10 @@ from PIL import Image
 from . import synthetic
 from .voc import VOC_CLASSES
 
-VERSION = 1
+VERSION = 2
 
 
-def write_voc_fixture(out: str | Path, n_classes: int = 6, n_train: int = 12, n_val: int = 8, size: int = 227,
+def write_voc_fixture(out: str | Path, n_classes: int = 6, n_train: int = 8, n_val: int = 4, size: int = 227,
                       seed: int = 0) -> Path:
     """A PASCAL VOC 2012 tree under ``out/VOCdevkit/VOC2012`` whose objects carry VOC's first
     ``n_classes`` class names; returns the ``VOC2012`` folder."""
@@ -87,7 +87,7 @@ def write_gtsegs(path: str | Path, images: list[np.ndarray], masks: list[np.ndar
     return path
 
 
-def write_imagenet_fixture(out: str | Path, classes: int = 4, n_train: int = 12, n_val: int = 8, size: int = 224,
+def write_imagenet_fixture(out: str | Path, classes: int = 4, n_train: int = 8, n_val: int = 4, size: int = 224,
                            seed: int = 0) -> tuple[Path, Path]:
     """ImageNet class folders ``out/imagenet/{train,val}/<wnid>/*.JPEG`` and ``out/gtsegs_ijcv.mat`` made
     of the val images and their foreground masks; returns ``(imagenet root, mat path)``."""
