@@ -38,6 +38,20 @@ def test_params_merge_and_unknown_keys(mini_repo):
         runner.load_profile("nope")
 
 
+def test_a_profile_extends_another(mini_repo):
+    """``extends``: the base's values, then the profile's, key by key (a mapping value is replaced whole)."""
+    prof = mini_repo / "profiles"
+    prof.joinpath("base.yml").write_text("defaults: {a: 1, b: {x: 1, y: 2}}\nnotebooks: {n1: {b: {x: 5}}, n2: {a: 7}}\n")
+    prof.joinpath("child.yml").write_text("extends: base\ndefaults: {a: 3}\nnotebooks: {n1: {a: 4}}\n")
+    prof.joinpath("typo.yml").write_text("extend: base\ndefaults: {}\n")
+    c = runner.load_profile("child")
+    assert c["defaults"] == {"a": 3, "b": {"x": 1, "y": 2}}
+    assert c["notebooks"] == {"n1": {"b": {"x": 5}, "a": 4}, "n2": {"a": 7}}
+    assert runner.params_for(mini_repo / "notebooks" / "n1.ipynb", "child") == {"a": 4, "b": {"x": 5}}
+    with pytest.raises(runner.RunError, match="unknown top-level keys.*extend"):
+        runner.load_profile("typo")
+
+
 def test_run_records_and_skips_unchanged(mini_repo):
     logs = []
     out = runner.run_notebook(mini_repo / "notebooks" / "n1.ipynb", "p", log=logs.append)
