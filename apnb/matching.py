@@ -39,8 +39,10 @@ KINDS = ("none", "ewa", "swa", "sswa", "sswa_coded", "grad_at")
 DEFAULT_BETA = {"none": 0.0, "ewa": 100.0, "swa": 50.0, "sswa": 50.0, "sswa_coded": 50.0, "grad_at": 50.0}
 
 
-def normalized_l2(ms: torch.Tensor, mt: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """``|| ms/||ms|| - mt/||mt|| ||^2`` per sample, reduced as the authors (``mean`` over B*HW) or ``sum``."""
+def squared_normalized_l2(ms: torch.Tensor, mt: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The matching term of Eq. 2: ``|| ms/||ms|| - mt/||mt|| ||^2`` per sample, reduced as the authors (``mean``
+    over B*HW) or ``sum``. Squared, and (student, teacher) in that order; the evaluation's distance
+    :func:`apnb.metrics.normalized_l2` (Table 2's l2) is the unsquared per-sample norm, (teacher, student)."""
     d = (F.normalize(ms.flatten(1), dim=1) - F.normalize(mt.flatten(1), dim=1)).pow(2)
     return d.mean() if reduction == "mean" else d.sum(1).mean()
 
@@ -197,7 +199,7 @@ class AttributionMatching:
         s_acts = [st.acts[n] for n in st.layers]
 
         if cfg.kind == "ewa":
-            loss = sum(normalized_l2(a_s.pow(2).mean(1), a_t.pow(2).mean(1), cfg.reduction)
+            loss = sum(squared_normalized_l2(a_s.pow(2).mean(1), a_t.pow(2).mean(1), cfg.reduction)
                        for a_s, a_t in zip(s_acts, t_acts))
             return s_logits, t_logits, loss
 
@@ -218,7 +220,7 @@ class AttributionMatching:
                     tmask = self._coded(b, c_t, a_t.device)
                 m_t = weighted_maps(a_t, g_t, cfg.relu, cfg.per_neuron, tmask)
                 m_s = weighted_maps(a_s, g_s, cfg.relu, cfg.per_neuron, smask)
-                loss = loss + normalized_l2(m_s, m_t, cfg.reduction)
+                loss = loss + squared_normalized_l2(m_s, m_t, cfg.reduction)
         return s_logits, t_logits, loss / cfg.topk
 
     def _grad_at(self, student, teacher, x, y, task_loss):
@@ -232,4 +234,4 @@ class AttributionMatching:
         xs = x.detach().requires_grad_(True)
         s_logits = student(xs)
         j_s, = torch.autograd.grad(task_loss(s_logits, y), xs, create_graph=True)
-        return s_logits, t_logits.detach(), normalized_l2(j_s, j_t.detach(), self.cfg.reduction)
+        return s_logits, t_logits.detach(), squared_normalized_l2(j_s, j_t.detach(), self.cfg.reduction)

@@ -17,7 +17,7 @@ from apnb import models as M
 from apnb.compression import kd_multilabel
 from apnb.config import resolve_device
 from apnb.engine import Compress
-from apnb.matching import AttributionMatching, normalized_l2
+from apnb.matching import AttributionMatching, squared_normalized_l2
 
 
 def straightforward_sswa_loss(student, teacher, x, y, p=0.3, beta=50.0):
@@ -46,7 +46,7 @@ def straightforward_sswa_loss(student, teacher, x, y, p=0.3, beta=50.0):
     keep = (torch.rand(g_t.shape[:2], device=x.device) >= p).float()
     m_t = F.relu(((g_t.mean((2, 3)) * keep)[:, :, None, None] * a_t).sum(1))
     m_s = F.relu((g_s.mean((2, 3))[:, :, None, None] * a_s).sum(1))
-    loss = kd_multilabel(s_out, t_out.detach(), y) + beta * normalized_l2(m_s, m_t)
+    loss = kd_multilabel(s_out, t_out.detach(), y) + beta * squared_normalized_l2(m_s, m_t)
     for net in (teacher, student):
         net.zero_grad(set_to_none=True)
     return loss

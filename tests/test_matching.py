@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from apnb import models as M
 from apnb.gradcam import Tap, gradcam
-from apnb.matching import AttributionMatching, MatchingConfig, normalized_l2
+from apnb.matching import AttributionMatching, MatchingConfig, squared_normalized_l2
 from apnb.models import ModelError
 
 pytestmark = pytest.mark.unit
@@ -68,7 +68,7 @@ def test_swa_map_is_gradcam():
     ms, _ = gradcam(s, x, "last_conv", target)
     mt, _ = gradcam(t, x, "last_conv", target)
     _, _, loss = AttributionMatching(kind="swa")(s, x, t)
-    assert torch.allclose(loss, normalized_l2(ms, mt), atol=1e-6)
+    assert torch.allclose(loss, squared_normalized_l2(ms, mt), atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["swa", "sswa", "ewa"])
