@@ -45,6 +45,7 @@ def plan(notebooks, profile: str, seeds=None, overrides: dict | None = None) -> 
                                 str(runner.runs_dir(profile) / f"seed-{s}")))
         else:
             jobs.append(Job(str(nb), profile, dict(overrides or {}), str(runner.runs_dir(profile))))
+    runner.prepare_fixtures(profile)  # once, before the jobs: the checks below look for the data
     for j in jobs:  # bad parameters fail here, before anything is submitted
         runner.params_for(Path(j.notebook), profile, j.overrides)
     return jobs
