@@ -63,12 +63,14 @@ def main(argv=None):
                                      "--mode imagenet)")
     from dataclasses import fields
 
-    from .data.synthetic import SynthConfig
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["data", "synth"]:  # SynthConfig's module imports torch: only for this command
+        from .data.synthetic import SynthConfig
 
-    for f in fields(SynthConfig):
-        if f.name != "version":
-            s.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
-                           help=f"SynthConfig.{f.name} (default {f.default})")
+        for f in fields(SynthConfig):
+            if f.name != "version":
+                s.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                               help=f"SynthConfig.{f.name} (default {f.default})")
 
     args = ap.parse_args(argv)
     from . import runner
@@ -110,8 +112,6 @@ def main(argv=None):
             for p in write_course(args.out, runner.toc_notebooks()):
                 print(p)
         elif args.cmd == "data" and args.data_cmd == "synth":
-            from dataclasses import fields
-
             from .data import synthetic
 
             kw, out = {}, args.out

@@ -49,10 +49,10 @@ def write_voc_fixture(out: str | Path, n_classes: int = 6, n_train: int = 8, n_v
         xml.write_text(re.sub(r"<name>(\w+)</name>", lambda m: f"<name>{rename.get(m[1], m[1])}</name>",
                               xml.read_text()))
     main = root / "ImageSets" / "Main"
-    for f in list(main.glob("*_*.txt")):
-        shape, split = f.stem.rsplit("_", 1) if not f.stem.endswith("_val_nocue") else (f.stem[:-10], "val_nocue")
-        if split in ("train", "val") and shape in rename:
-            f.rename(main / f"{rename[shape]}_{split}.txt")
+    for f in list(main.glob("*_*.txt")):  # <class>_<split>.txt: train and val renamed, the synthetic splits dropped
+        m = re.fullmatch(r"(\w+?)_(train|val)", f.stem)
+        if m and m[1] in rename:
+            f.rename(main / f"{rename[m[1]]}_{m[2]}.txt")
         else:
             f.unlink()
     # real VOC has neither the synthetic splits nor the class list: the loaders take their real-data branch
