@@ -99,9 +99,15 @@ class Compress:
     def reseed(self, seed: int):
         self.matching.generator = torch.Generator().manual_seed(seed)
 
-    def __call__(self, model, x, y):
+    def teacher_need(self):
+        """Key of the teacher pass this objective needs (``False``: none); see :meth:`AttributionMatching.teacher_pass`."""
+        if not (self.kd or self.matching.kind != "none"):
+            return False
+        return self.matching.teacher_need()
+
+    def __call__(self, model, x, y, cache: dict | None = None):
         need_t = self.kd or self.matching.kind != "none"
-        s_logits, t_logits, match = self.matching(model, x, self.teacher if need_t else None, y, self.task)
+        s_logits, t_logits, match = self.matching(model, x, self.teacher if need_t else None, y, self.task, cache)
         if self.kd:
             kd = C.kd_multilabel if self.multilabel else C.kd_softmax
             base = kd(s_logits, t_logits, y, self.T, self.alpha)
@@ -192,6 +198,7 @@ class FitResult:
     seconds: float = 0.0
     images_per_s: float = 0.0
     resumed_from: int = 0
+    cohort: int = 1  # networks trained together (fit_cohort); seconds is then the cohort's time per network
 
 
 def run_key(cfg: TrainConfig, key: str | None = None) -> str:
@@ -295,6 +302,175 @@ def fit(model: nn.Module, objective: Callable, train_set: Dataset, cfg: TrainCon
     res.images_per_s = seen / max(res.seconds, 1e-9)
     model.eval()
     return res
+
+
+# ------------------------------------------------------------------ cohorts
+@dataclass
+class Member:
+    """One network of a cohort: what :func:`fit` takes for it, and a name for messages."""
+    model: nn.Module
+    objective: Callable
+    cfg: TrainConfig
+    ckpt: str | Path | None = None
+    key: str | None = None
+    eval_fn: Callable[[nn.Module], dict] | None = None
+    name: str = "member"
+
+
+def _rng_state(device) -> tuple:
+    return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(state: tuple, device):
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _same_state(a: tuple, b: tuple) -> bool:
+    return torch.equal(a[0], b[0]) and (a[1] is None or torch.equal(a[1], b[1]))
+
+
+def cohort_key(cfg: TrainConfig) -> tuple:
+    """Members may share batches only when these agree: the seed fixes the data order and the augmentation."""
+    return (cfg.seed, cfg.batch_size, cfg.num_workers)
+
+
+def fit_cohort(members: list[Member], train_set: Dataset, device="auto", progress: bool = True,
+               stop_after_epoch: int | None = None) -> list[FitResult]:
+    """Train several networks in lockstep on the same batches: each batch is loaded once and each distinct
+    teacher pass (KD logits, the layer activations for EWA, the Grad-CAM gradients for SWA/SSWA) runs once
+    for the whole cohort (:meth:`apnb.matching.AttributionMatching.teacher_pass`).
+
+    Every member keeps its own optimizer, schedule, SSWA mask generator, checkpoint (the same file and
+    format as :func:`fit`, so either can resume the other's) and epoch: a member whose checkpoint is ahead
+    skips the epochs it has. **A member ends exactly as it would alone** with :func:`fit`: the data order and
+    augmentation depend on ``(seed, epoch)`` only, and each member's step starts from the global RNG state
+    that the batch left, as it would alone, so its dropout masks are its own run's. This needs every member
+    to draw the same amount of randomness per step (the same architecture and dropout); a member that does
+    not is refused with a one-line error. Members must share ``seed``, ``batch_size`` and ``num_workers``
+    (:func:`cohort_key`). One process only (use :func:`fit` under torchrun)."""
+    from tqdm.auto import tqdm
+
+    if not members:
+        return []
+    device = resolve_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("fit_cohort runs in one process; under torchrun train each network with fit")
+    keys = {cohort_key(m.cfg) for m in members}
+    if len(keys) > 1:
+        raise ValueError(f"cohort members differ in (seed, batch_size, num_workers): {sorted(keys)}; "
+                         f"group them with engine.cohort_key")
+    cfg0 = members[0].cfg
+    sampler = DistributedSampler(train_set, 1, 0, shuffle=True, seed=cfg0.seed, drop_last=True)
+    gen = torch.Generator()
+    loader = DataLoader(train_set, batch_size=cfg0.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg0.num_workers, generator=gen, persistent_workers=False)
+    steps = len(loader)
+    if steps == 0:
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {cfg0.batch_size}")
+    states = []
+    for m in members:
+        m.model.to(device)
+        if getattr(m.objective, "teacher", None) is not None:
+            m.objective.teacher.to(device)
+        opt, sch = make_optimizer(m.model, m.cfg, steps)
+        res, start = FitResult(), 0
+        ckpt = Path(m.ckpt) if m.ckpt else None
+        rkey = run_key(m.cfg, m.key)
+        if ckpt is not None and ckpt.exists():
+            ck = load_checkpoint(ckpt)
+            if ck.get("run_key") != rkey:
+                raise ModelError(f"checkpoint {ckpt} belongs to another training run (its run key "
+                                 f"{ck.get('run_key', 'none: an older apnb')} != {rkey}: other configuration or "
+                                 f"code version); delete it to restart this run: rm {ckpt}")
+            load_state(m.model, ck["model"], ck.get("pruned", []), str(ckpt))
+            opt.load_state_dict(ck["optimizer"])
+            sch.load_state_dict(ck["scheduler"])
+            start = res.resumed_from = int(ck["epoch"])
+            res.history = json.loads(ck["history"])
+        states.append({"m": m, "opt": opt, "sch": sch, "res": res, "start": start, "ckpt": ckpt, "rkey": rkey,
+                       "seen": 0})
+    # members whose objective needs a teacher pass step first, so a logits-only member reuses their pass
+    order = sorted(states, key=lambda st: getattr(st["m"].objective, "teacher_need", lambda: False)() in (None, False))
+    use_amp = {id(st["m"]): st["m"].cfg.amp and device.type == "cuda" for st in states}
+    last = max(m.cfg.epochs for m in members)
+    first = min(st["start"] for st in states)
+    t_start = time.time()
+    for epoch in range(first, last):
+        active = [st for st in order if st["start"] <= epoch < st["m"].cfg.epochs]
+        if not active:
+            continue
+        es = _epoch_seed(cfg0.seed, epoch)
+        seed_all(es)
+        gen.manual_seed(es)
+        sampler.set_epoch(epoch)
+        for st in active:
+            if hasattr(st["m"].objective, "reseed"):
+                st["m"].objective.reseed(es)
+            st["m"].model.train()
+            st["sums"] = {}
+        bar = tqdm(loader, desc=f"cohort of {len(active)}: epoch {epoch + 1}/{last}", disable=not progress,
+                   leave=False)
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            caches: dict[int, dict] = {}  # one per teacher: the teacher passes of this batch
+            before, after = _rng_state(device), None
+            for st in active:
+                m = st["m"]
+                _set_rng_state(before, device)
+                cache = caches.setdefault(id(getattr(m.objective, "teacher", None)), {})
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp[id(m)]):
+                    loss, logs = (m.objective(m.model, x, y, cache=cache) if hasattr(m.objective, "teacher_need")
+                                  else m.objective(m.model, x, y))
+                if not torch.isfinite(loss.detach()):
+                    raise FloatingPointError(
+                        f"{m.name}: non-finite loss {loss.item()} at epoch {epoch + 1} step {step + 1}: training "
+                        f"stopped; the last good checkpoint is kept{' at ' + str(st['ckpt']) if st['ckpt'] else ''}; "
+                        f"lower lr or beta")
+                st["opt"].zero_grad(set_to_none=True)
+                loss.backward()
+                if m.cfg.clip_grad:
+                    nn.utils.clip_grad_norm_(m.model.parameters(), m.cfg.clip_grad)
+                st["opt"].step()
+                st["sch"].step()
+                st["seen"] += x.shape[0]
+                for k, v in logs.items():
+                    st["sums"][k] = st["sums"].get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
+                now = _rng_state(device)
+                if after is None:
+                    after = now
+                elif not _same_state(after, now):
+                    raise ValueError(f"{m.name} draws different randomness per step than {active[0]['m'].name} "
+                                     f"(another architecture or dropout): train it in its own cohort")
+            _set_rng_state(after, device)
+        for st in active:
+            m = st["m"]
+            row = {"epoch": epoch + 1, **{k: v / steps for k, v in st["sums"].items()}}
+            if m.eval_fn is not None:
+                m.model.eval()
+                row.update(m.eval_fn(m.model))
+            st["res"].history.append(row)
+            if progress:
+                print(m.name, " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            if st["ckpt"] is not None:
+                atomic_torch_save({"model": m.model.state_dict(), "optimizer": st["opt"].state_dict(),
+                                   "scheduler": st["sch"].state_dict(), "epoch": epoch + 1,
+                                   "history": json.dumps(st["res"].history), "pruned": C.pruned_param_names(m.model),
+                                   "spec": json.dumps(getattr(m.model, "apnb_spec", {})), "run_key": st["rkey"]},
+                                  st["ckpt"])
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    wall = time.time() - t_start
+    out = []
+    for st in states:
+        st["m"].model.eval()
+        res = st["res"]
+        res.cohort = len(states)
+        res.seconds = wall / len(states)  # the cohort's time per member: loading and teacher passes are shared
+        res.images_per_s = st["seen"] / max(res.seconds, 1e-9)
+        out.append(res)
+    return out
 
 
 # ------------------------------------------------------------------ checkpoint store

@@ -9,6 +9,7 @@ its premise guards (:mod:`apnb.guards`) before it is returned.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -23,7 +24,7 @@ from . import models as M
 from .config import resolve_device, store_dir
 from .data import synthetic
 from .data.voc import VOCClassification, VOCLocalization
-from .engine import Compress, Store, Supervised, TrainConfig, config_key, fit
+from .engine import Compress, Member, Store, Supervised, TrainConfig, cohort_key, config_key, fit, fit_cohort
 from .guards import Guards, check_min, check_plateau, chance_map
 from .matching import AttributionMatching, MatchingConfig
 
@@ -171,34 +172,94 @@ def matching_for(method: str, beta: float | None = None, p: float = 0.3, layers=
     return AttributionMatching(MatchingConfig(kind=kind, beta=beta, p=p, layers=tuple(layers), **opts))
 
 
+def _train_in_cohorts(store: Store, kind: str, jobs: list[dict], train_set, device, progress) -> list[dict]:
+    """Load or train store entries, training the missing ones in cohorts (:func:`apnb.engine.fit_cohort`).
+
+    Each job: ``cfg`` (its store configuration), ``model`` (built from its seed), ``objective()``, ``train``
+    (a :class:`TrainConfig` dict), optional ``eval_fn``, ``name`` and ``group`` (what else must agree for
+    two jobs to share batches: the architecture). Jobs with equal ``(cohort_key, group)`` train together;
+    each group holds its members' store locks, taken in key order, so two processes cannot deadlock and
+    never train one entry twice. Returns each job's info, in order."""
+    infos: list[dict | None] = [None] * len(jobs)
+    first: dict[str, int] = {}  # a configuration asked for twice is trained once
+    groups: dict = {}
+    for i, j in enumerate(jobs):
+        if first.setdefault(config_key(j["cfg"]), i) != i:
+            continue
+        g = (cohort_key(TrainConfig(**j["train"])), json.dumps(j.get("group"), sort_keys=True, default=str))
+        groups.setdefault(g, []).append(i)
+    for idx in groups.values():
+        idx = sorted(idx, key=lambda i: config_key(jobs[i]["cfg"]))
+        with contextlib.ExitStack() as locks:
+            todo = []
+            for i in idx:
+                locks.enter_context(store.lock(kind, jobs[i]["cfg"]))
+                infos[i] = store.load(kind, jobs[i]["cfg"], jobs[i]["model"])
+                if infos[i] is None:
+                    todo.append(i)
+            for i in todo:  # clear errors before any long compute
+                if "check" in jobs[i]:
+                    jobs[i]["check"]()
+            members = [Member(jobs[i]["model"], jobs[i]["objective"](), TrainConfig(**jobs[i]["train"]),
+                              store.dir(kind, jobs[i]["cfg"]) / "train.ckpt", config_key(jobs[i]["cfg"]),
+                              jobs[i].get("eval_fn"), jobs[i].get("name", kind)) for i in todo]
+            if len(members) == 1:  # alone: fit itself (torchrun-capable); a cohort gives the same network
+                m = members[0]
+                results = [fit(m.model, m.objective, train_set, m.cfg, m.ckpt, eval_fn=m.eval_fn, device=device,
+                               progress=progress, key=m.key)]
+            else:
+                results = fit_cohort(members, train_set, device=device, progress=progress)
+            for i, r in zip(todo, results):
+                infos[i] = {"history": r.history, "images_per_s": r.images_per_s, "seconds": r.seconds,
+                            "cohort": r.cohort}
+                store.save(kind, jobs[i]["cfg"], jobs[i]["model"], infos[i])
+    for i, j in enumerate(jobs):
+        if infos[i] is None:  # a repeat of an earlier job
+            infos[i] = store.load(kind, j["cfg"], j["model"])
+    return infos
+
+
+def distill_many(teacher, teacher_key: str, jobs: list[dict], data: dict, T: float = 4.0, alpha: float = 0.9,
+                 store: Store | None = None, device="auto", progress=True, guards: Guards | dict | None = None):
+    """Knowledge distillation of several students from scratch with KD + matching (paper Sec. 4.1), trained
+    in cohorts: the students of one seed and one architecture share every batch and one teacher pass.
+
+    Each job is a dict of :func:`distill`'s arguments: ``student_spec``, ``method``, ``train`` and optionally
+    ``beta``, ``p``, ``layers``, ``match_opts``, ``eval_fn``. The student's initial weights are drawn from
+    ``train["seed"]``, so the students of one seed share their initialisation and data order across
+    methods (paired seeds: common random numbers). A student ends exactly as :func:`distill` alone would
+    make it (:func:`apnb.engine.fit_cohort`), under the same store key. Returns ``[(student, info)]``."""
+    store = store or Store()
+    work = []
+    for j in jobs:
+        reg = matching_for(j["method"], j.get("beta"), j.get("p", 0.3), j.get("layers", ("last_conv",)),
+                           **(j.get("match_opts") or {}))
+        cfg = _key({"role": "kd", "teacher": teacher_key, "spec": j["student_spec"], "method": j["method"],
+                    "match": reg.cfg.to_dict(), "train": j["train"], "T": T, "alpha": alpha})
+        student = M.build(j["student_spec"], seed=j["train"].get("seed", 0))
+        work.append({"cfg": cfg, "model": student, "train": j["train"], "eval_fn": j.get("eval_fn"),
+                     "group": j["student_spec"],
+                     "name": f"student {j['method']} /{j['student_spec'].get('width_div')} seed {j['train'].get('seed', 0)}",
+                     "check": (lambda reg=reg, st=student: reg.check(st, teacher.cpu(), data["train"][0][0][None])),
+                     "objective": (lambda reg=reg: Compress(teacher, reg, kd=True, T=T, alpha=alpha))})
+    infos = _train_in_cohorts(store, "student", work, data["train"], device, progress)
+    out = []
+    for w, info in zip(work, infos):
+        student = w["model"].to(resolve_device(device)).eval()
+        check_student(w["name"], student, data, guards, device)
+        out.append((student, info))
+    return out
+
+
 def distill(teacher, teacher_key: str, student_spec: dict, method: str, data: dict, train: dict,
             beta: float | None = None, p: float = 0.3, layers=("last_conv",), match_opts: dict | None = None,
             T: float = 4.0, alpha: float = 0.9, store: Store | None = None, device="auto", progress=True,
             eval_fn=None, guards: Guards | dict | None = None):
-    """Knowledge distillation of a student from scratch with KD + matching ``method`` (paper Sec. 4.1).
-
-    The student's initial weights are drawn from ``train["seed"]``: the students of one seed share their
-    initialisation and data order across methods (paired seeds). ``guards``: the student must beat chance."""
-    store = store or Store()
-    match_opts = match_opts or {}
-    reg = matching_for(method, beta, p, layers, **match_opts)
-    cfg = _key({"role": "kd", "teacher": teacher_key, "spec": student_spec, "method": method, "match": reg.cfg.to_dict(),
-                "train": train, "T": T, "alpha": alpha})
-    with store.lock("student", cfg):
-        student = M.build(student_spec, seed=train.get("seed", 0))
-        info = store.load("student", cfg, student)
-        if info is None:
-            x0 = data["train"][0][0][None]
-            reg.check(student, teacher.cpu(), x0)
-            obj = Compress(teacher, reg, kd=True, T=T, alpha=alpha)
-            r = fit(student, obj, data["train"], TrainConfig(**train), store.dir("student", cfg) / "train.ckpt",
-                    device=device, progress=progress, eval_fn=eval_fn, key=config_key(cfg))
-            info = {"history": r.history, "images_per_s": r.images_per_s, "seconds": r.seconds}
-            store.save("student", cfg, student, info)
-    student = student.to(resolve_device(device)).eval()
-    check_student(f"student {method} /{student_spec.get('width_div')} seed {train.get('seed', 0)}", student, data,
-                  guards, device)
-    return student, info
+    """Knowledge distillation of one student from scratch with KD + matching ``method`` (paper Sec. 4.1):
+    :func:`distill_many` with one job. ``guards``: the student must beat chance. Returns ``(student, info)``."""
+    job = {"student_spec": student_spec, "method": method, "train": train, "beta": beta, "p": p, "layers": layers,
+           "match_opts": match_opts, "eval_fn": eval_fn}
+    return distill_many(teacher, teacher_key, [job], data, T, alpha, store, device, progress, guards)[0]
 
 
 def prune_unstructured(teacher, teacher_key: str, method: str, data: dict, train: dict, rho_w: float = 0.2,
@@ -228,33 +289,53 @@ def prune_unstructured(teacher, teacher_key: str, method: str, data: dict, train
     return model.eval()
 
 
+def prune_structured_many(teacher, teacher_key: str, jobs: list[dict], data: dict, rate: float = 0.7,
+                          image_size: int = 227, layers: list[str] | None = None, store: Store | None = None,
+                          device="auto", progress=True, multilabel: bool = True):
+    """One-shot l1 structured pruning (Li et al.) of the teacher, then fine-tuning of each job with task loss +
+    beta * matching, in cohorts: the fine-tunes of one seed share every batch and one teacher pass.
+
+    Each job is a dict of :func:`prune_structured`'s per-network arguments: ``method``, ``train`` and
+    optionally ``beta``, ``p``, ``match_layers``, ``match_opts`` (further :class:`~apnb.matching.MatchingConfig`
+    fields: center_logits, relu, per_neuron, ...) and ``eval_fn(model) -> dict`` (called after each
+    fine-tuning epoch; its rows land in ``info["history"]``). Every job prunes the same teacher at the same
+    ``rate`` (deterministic), so all share one architecture. Returns ``[(model, info)]``."""
+    store = store or Store()
+    frozen_teacher = copy.deepcopy(teacher).cpu().eval()
+    x0 = torch.zeros(1, 3, image_size, image_size)
+    extra = {} if multilabel else {"multilabel": False}
+    work = []
+    for j in jobs:
+        reg = matching_for(j["method"], j.get("beta"), j.get("p", 0.3), j.get("match_layers", ("last_conv",)),
+                           **(j.get("match_opts") or {}))
+        model = copy.deepcopy(teacher).cpu()
+        counts = C.prune_l1_structured(model, rate, x0, layers)
+        cfg = _key({"role": "structured", "teacher": teacher_key, "method": j["method"], "match": reg.cfg.to_dict(),
+                    "train": j["train"], "rate": rate, "layers": layers, **extra})
+        work.append({"cfg": cfg, "model": model, "train": j["train"], "eval_fn": j.get("eval_fn"), "counts": counts,
+                     "group": {"rate": rate, "layers": layers},
+                     "name": f"structured {j['method']} seed {j['train'].get('seed', 0)}",
+                     "check": (lambda reg=reg, m=model: reg.check(m, frozen_teacher.cpu(), x0)),
+                     "objective": (lambda reg=reg: Compress(frozen_teacher, reg, kd=False, multilabel=multilabel))})
+    infos = _train_in_cohorts(store, "structured", work, data["train"], device, progress)
+    out = []
+    for w, info in zip(work, infos):
+        c = w["counts"]
+        info = dict(info, params_before=c[0], params_after=c[1], macs_before=c[2], macs_after=c[3])
+        out.append((w["model"].eval(), info))
+    return out
+
+
 def prune_structured(teacher, teacher_key: str, method: str, data: dict, train: dict, rate: float = 0.7,
                      image_size: int = 227, layers: list[str] | None = None, beta: float | None = None,
                      p: float = 0.3, match_layers=("last_conv",), store: Store | None = None, device="auto",
                      progress=True, multilabel: bool = True, match_opts: dict | None = None, eval_fn=None):
-    """One-shot l1 structured pruning (Li et al.) then fine-tuning with task loss + beta * matching.
-
-    ``match_opts``: further :class:`~apnb.matching.MatchingConfig` fields (center_logits, relu, per_neuron,
-    ...); ``eval_fn(model) -> dict`` is called after each fine-tuning epoch (its rows land in
-    ``info["history"]``)."""
-    store = store or Store()
-    reg = matching_for(method, beta, p, match_layers, **(match_opts or {}))
-    model = copy.deepcopy(teacher).cpu()
-    counts = C.prune_l1_structured(model, rate, torch.zeros(1, 3, image_size, image_size), layers)
-    cfg = _key({"role": "structured", "teacher": teacher_key, "method": method, "match": reg.cfg.to_dict(),
-                "train": train, "rate": rate, "layers": layers, **({} if multilabel else {"multilabel": False})})
-    with store.lock("structured", cfg):
-        info = store.load("structured", cfg, model)
-        if info is None:
-            frozen_teacher = copy.deepcopy(teacher).eval()
-            reg.check(model, frozen_teacher.cpu(), torch.zeros(1, 3, image_size, image_size))
-            r = fit(model, Compress(frozen_teacher, reg, kd=False, multilabel=multilabel), data["train"],
-                    TrainConfig(**train), store.dir("structured", cfg) / "train.ckpt", device=device,
-                    progress=progress, eval_fn=eval_fn, key=config_key(cfg))
-            info = {"history": r.history}
-            store.save("structured", cfg, model, info)
-    info = dict(info, params_before=counts[0], params_after=counts[1], macs_before=counts[2], macs_after=counts[3])
-    return model.eval(), info
+    """One-shot l1 structured pruning (Li et al.) then fine-tuning with task loss + beta * matching:
+    :func:`prune_structured_many` with one job. Returns ``(model, info)``."""
+    job = {"method": method, "train": train, "beta": beta, "p": p, "match_layers": match_layers,
+           "match_opts": match_opts, "eval_fn": eval_fn}
+    return prune_structured_many(teacher, teacher_key, [job], data, rate, image_size, layers, store, device,
+                                 progress, multilabel)[0]
 
 
 def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", attr=None,

@@ -157,36 +157,57 @@ class AttributionMatching:
         return m
 
     # -- the regularizer --------------------------------------------------------------------------
+    def teacher_need(self) -> tuple | None:
+        """What this regularizer needs from the teacher on a batch, as a hashable key: members of a cohort
+        (:func:`apnb.engine.fit_cohort`) with equal keys share one teacher pass. ``None``: logits only."""
+        cfg = self.cfg
+        if cfg.kind in ("none", "grad_at"):
+            return None
+        return (tuple(cfg.layers), 0 if cfg.kind == "ewa" else cfg.topk, cfg.center_logits)
+
+    def teacher_pass(self, teacher: nn.Module, x: torch.Tensor, cache: dict | None = None):
+        """The teacher's side of Eq. 2 on a batch: ``(logits, acts, grads, target)``, all detached.
+
+        The graph is cut at the layer and the teacher's parameters are frozen, so the teacher gets no
+        gradient and nothing before the layer is recorded. ``cache`` (one dict per batch) shares the result
+        among regularizers with the same :meth:`teacher_need`: one teacher pass serves a whole cohort."""
+        need = self.teacher_need()
+        if cache is not None and need in cache:
+            return cache[need]
+        if need is None:
+            with torch.no_grad():
+                out = (teacher(x).detach(), None, None, None)
+        else:
+            layers, topk, center = need
+            with torch.enable_grad(), frozen(teacher), Tap(teacher, layers, detach=True) as tt:
+                t_logits = teacher(x)
+                t_acts = [tt.acts[n] for n in tt.layers]
+                target = t_logits.topk(max(topk, 1), dim=1).indices  # [B,k]
+                t_grads = []
+                for k in range(topk):
+                    g = torch.autograd.grad(target_scores(t_logits, target[:, k], center), t_acts,
+                                            retain_graph=k < topk - 1)
+                    t_grads.append([gi.detach() for gi in g])
+            out = (t_logits.detach(), [a.detach() for a in t_acts], t_grads, target)
+        if cache is not None:
+            cache[need] = out
+        return out
+
     def __call__(self, student: nn.Module, x: torch.Tensor, teacher: nn.Module | None = None,
-                 y: torch.Tensor | None = None, task_loss=None):
-        """Returns ``(student_logits, teacher_logits or None, match_loss)``."""
+                 y: torch.Tensor | None = None, task_loss=None, cache: dict | None = None):
+        """Returns ``(student_logits, teacher_logits or None, match_loss)``. ``cache``: see :meth:`teacher_pass`."""
         cfg = self.cfg
         self.last_masks = []
         zero = x.new_zeros(())
         if cfg.kind == "none":
             s_logits = student(x)
             t_logits = None
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(x)
+            if teacher is not None:  # any pass of the same teacher on this batch has the logits
+                t_logits = next(iter(cache.values()))[0] if cache else self.teacher_pass(teacher, x, cache)[0]
             return s_logits, t_logits, zero
         if cfg.kind == "grad_at":
             return self._grad_at(student, teacher, x, y, task_loss)
-
-        # teacher: graph cut at the layer, parameters frozen, no gradient for the teacher
-        with torch.enable_grad(), frozen(teacher), Tap(teacher, cfg.layers, detach=True) as tt:
-            t_logits = teacher(x)
-            t_acts = [tt.acts[n] for n in tt.layers]
-            target = t_logits.topk(cfg.topk, dim=1).indices  # [B,k]
-            t_grads = []
-            if cfg.kind != "ewa":
-                for k in range(cfg.topk):
-                    g = torch.autograd.grad(target_scores(t_logits, target[:, k], cfg.center_logits), t_acts,
-                                            retain_graph=k < cfg.topk - 1)
-                    t_grads.append([gi.detach() for gi in g])
-        t_acts = [a.detach() for a in t_acts]
-        t_logits = t_logits.detach()
-
+        t_logits, t_acts, t_grads, target = self.teacher_pass(teacher, x, cache)
         # the student's maps need gradients even when called under torch.no_grad (e.g. for evaluation)
         with torch.enable_grad():
             return self._student_part(student, x, t_logits, t_acts, t_grads, target)

@@ -1,0 +1,160 @@
+"""Cohort training (:func:`apnb.engine.fit_cohort`, :func:`apnb.experiments.distill_many`): one batch and one
+teacher pass serve every member, and each member ends exactly as it would trained alone."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from apnb import experiments as X
+from apnb import models as M
+from apnb.engine import Compress, Member, Store, TrainConfig, fit, fit_cohort, load_checkpoint
+from apnb.matching import AttributionMatching
+
+pytestmark = pytest.mark.unit
+
+KINDS = ["none", "ewa", "swa", "sswa", "sswa_coded", "grad_at"]
+CFG = dict(epochs=3, lr=0.01, batch_size=16, schedule="onecycle", optimizer="adamw", seed=5)
+
+
+def _data(n=48, k=4, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, size, size, generator=g), (torch.rand(n, k, generator=g) > 0.6).float())
+
+
+def _teacher():
+    return M.build({"arch": "vgg16_bn", "num_classes": 4, "width_div": 8, "n_pools": 2, "head_pool": 1}, seed=1).eval()
+
+
+def _student(div=16):
+    # the VOC head has Dropout: the student's step draws from the global RNG, as in the demo
+    return M.build({"arch": "vgg16_bn", "num_classes": 4, "width_div": div, "n_pools": 2, "head_pool": 1}, seed=3)
+
+
+def _obj(teacher, kind):
+    return Compress(teacher, AttributionMatching(kind=kind, beta=3.0, p=0.3))
+
+
+def _equal(a, b):
+    return all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_cohort_members_equal_their_runs_alone():
+    teacher, data = _teacher(), _data()
+    alone = []
+    for k in KINDS:
+        m = _student()
+        fit(m, _obj(teacher, k), data, TrainConfig(**CFG), progress=False)
+        alone.append(m)
+    members = [Member(_student(), _obj(teacher, k), TrainConfig(**CFG), name=k) for k in KINDS]
+    res = fit_cohort(members, data, progress=False)
+    for k, a, m, r in zip(KINDS, alone, members, res):
+        assert _equal(a, m.model), f"{k}: the cohort member differs from its run alone"
+        assert r.cohort == len(KINDS) and len(r.history) == CFG["epochs"]
+        assert r.history[-1]["loss"] > 0
+
+
+def test_one_teacher_pass_per_batch_and_need():
+    """Naive and EWA/SWA/SSWA members share the passes: the teacher runs once per distinct need per batch."""
+    teacher, data = _teacher(), _data()
+    calls = [0]
+    teacher.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    members = [Member(_student(), _obj(teacher, k), TrainConfig(**dict(CFG, epochs=1)), name=k)
+               for k in ["none", "swa", "sswa", "none"]]
+    fit_cohort(members, data, progress=False)
+    assert calls[0] == 3  # 3 batches, one pass each (swa and sswa need the same; naive reuses its logits)
+    calls[0] = 0
+    members = [Member(_student(), _obj(teacher, k), TrainConfig(**dict(CFG, epochs=1)), name=k)
+               for k in ["ewa", "swa"]]
+    fit_cohort(members, data, progress=False)
+    assert calls[0] == 6  # EWA needs no gradients, SWA does: two passes per batch
+
+
+def test_cohort_refuses_members_that_cannot_share_batches():
+    teacher, data = _teacher(), _data()
+    with pytest.raises(ValueError, match="differ in \\(seed, batch_size, num_workers\\)"):
+        fit_cohort([Member(_student(), _obj(teacher, "none"), TrainConfig(**CFG)),
+                    Member(_student(), _obj(teacher, "none"), TrainConfig(**dict(CFG, seed=6)))], data, progress=False)
+    with pytest.raises(ValueError, match="draws different randomness per step.*own cohort"):
+        fit_cohort([Member(_student(16), _obj(teacher, "none"), TrainConfig(**CFG), name="a"),
+                    Member(_student(8), _obj(teacher, "none"), TrainConfig(**CFG), name="b")], data, progress=False)
+
+
+def test_members_at_different_epochs_resume_to_the_same_networks(tmp_path):
+    """A member whose checkpoint is ahead skips the epochs it has; a finished member's epochs are not rerun."""
+    teacher, data = _teacher(), _data()
+    ck = [tmp_path / f"{k}.ckpt" for k in ("none", "sswa")]
+    fit(_student(), _obj(teacher, "sswa"), data, TrainConfig(**CFG), ck[1], progress=False, stop_after_epoch=2)
+    members = [Member(_student(), _obj(teacher, k), TrainConfig(**CFG), c, name=k) for k, c in zip(("none", "sswa"), ck)]
+    res = fit_cohort(members, data, progress=False)
+    assert [r.resumed_from for r in res] == [0, 2]
+    for k, m in zip(("none", "sswa"), members):
+        ref = _student()
+        fit(ref, _obj(teacher, k), data, TrainConfig(**CFG), progress=False)
+        assert _equal(ref, m.model), k
+
+
+KILL_SCRIPT = textwrap.dedent('''
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    from tests.test_cohort import _data, _teacher, _student, _obj, CFG
+    from apnb.engine import Member, TrainConfig, fit_cohort
+    from apnb.engine import Compress
+    teacher = _teacher()
+    calls = [0]
+    class Killer(Compress):
+        def __call__(self, model, x, y, cache=None):
+            calls[0] += 1
+            if calls[0] == 5:  # epoch 2, step 2 (3 steps per epoch)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().__call__(model, x, y, cache)
+    from apnb.matching import AttributionMatching
+    members = [Member(_student(), _obj(teacher, "none"), TrainConfig(**CFG), {d!r} + "/none.ckpt", name="none"),
+               Member(_student(), Killer(teacher, AttributionMatching(kind="sswa", beta=3.0, p=0.3)), TrainConfig(**CFG),
+                      {d!r} + "/sswa.ckpt", name="sswa")]
+    fit_cohort(members, _data(), progress=False)
+''')
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_and_resume_equals_uninterrupted_cohort(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(root=root, d=str(tmp_path))], capture_output=True)
+    assert r.returncode == -9, r.stderr.decode()[-2000:]
+    assert [load_checkpoint(tmp_path / f"{k}.ckpt")["epoch"] for k in ("none", "sswa")] == [1, 1]
+    teacher, data = _teacher(), _data()
+    kinds = ("none", "sswa")
+    resumed = [Member(_student(), _obj(teacher, k), TrainConfig(**CFG), tmp_path / f"{k}.ckpt", name=k) for k in kinds]
+    res = fit_cohort(resumed, data, progress=False)
+    assert [r.resumed_from for r in res] == [1, 1]
+    full = [Member(_student(), _obj(teacher, k), TrainConfig(**CFG), name=k) for k in kinds]
+    fit_cohort(full, data, progress=False)
+    for a, b in zip(resumed, full):
+        assert _equal(a.model, b.model), a.name
+
+
+def test_distill_many_trains_cohorts_under_the_single_store_keys(tmp_path, synth_root):
+    """distill_many groups by seed and architecture, gives distill's networks under distill's keys, and loads
+    what the store already has instead of training it."""
+    data = X.voc_data(str(synth_root), None, 32)
+    spec = {"arch": "vgg16_bn", "num_classes": len(data["classes"]), "width_div": 16, "n_pools": 2, "head_pool": 1}
+    teacher = M.build(spec, seed=0).eval()
+    sspec = dict(spec, width_div=32)
+    train = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "onecycle", "batch_size": 8}
+    store = Store(tmp_path / "store")
+    one, _ = X.distill(teacher, "t", sspec, "swa", data, dict(train, seed=1), beta=3.0, store=Store(tmp_path / "alone"),
+                       progress=False)
+    jobs = [{"student_spec": sspec, "method": m, "train": dict(train, seed=s), "beta": 3.0}
+            for s in (0, 1) for m in ("naive", "swa")] + [{"student_spec": spec, "method": "naive",
+                                                           "train": dict(train, seed=0)}]
+    out = X.distill_many(teacher, "t", jobs, data, store=store, progress=False)
+    assert [info["cohort"] for _, info in out] == [2, 2, 2, 2, 1]  # (seed 0, /32), (seed 1, /32), (seed 0, /16)
+    assert _equal(out[3][0], one)  # swa, seed 1: the same network as distill alone
+    again = X.distill_many(teacher, "t", jobs[:2], data, store=store, progress=False)
+    assert all(_equal(a, b[0]) for (a, _), b in zip(again, out[:2]))
+    assert again[0][1]["cohort"] == 2  # loaded from the store with its training record, not retrained
+    single, _ = X.distill(teacher, "t", sspec, "naive", data, dict(train, seed=0), store=store, progress=False)
+    assert _equal(single, out[0][0])
