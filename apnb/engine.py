@@ -11,6 +11,8 @@
 - The store takes an OS file lock per entry (:meth:`Store.lock`, the ``filelock`` package): a second process
   asking for the same network waits, then loads it instead of training it again; the lock dies with its
   process, so a killed trainer blocks nothing.
+- :func:`fit_cohort` trains several networks in lockstep on shared batches with one teacher pass per batch
+  (a grid of methods at one seed); each ends exactly as :func:`fit` alone would make it.
 - A NaN or inf loss stops the run with epoch and step named; the last good checkpoint is kept.
 - ``torchrun``: with ``WORLD_SIZE`` > 1 in the environment, :func:`setup_distributed` starts the
   process group and ``fit`` wraps the model in DistributedDataParallel with a DistributedSampler; the
@@ -100,7 +102,8 @@ class Compress:
         self.matching.generator = torch.Generator().manual_seed(seed)
 
     def teacher_need(self):
-        """Key of the teacher pass this objective needs (``False``: none); see :meth:`AttributionMatching.teacher_pass`."""
+        """Key of the teacher pass this objective needs (``False``: none); see
+        :meth:`apnb.matching.AttributionMatching.teacher_pass`."""
         if not (self.kd or self.matching.kind != "none"):
             return False
         return self.matching.teacher_need()
@@ -307,7 +310,7 @@ def fit(model: nn.Module, objective: Callable, train_set: Dataset, cfg: TrainCon
 # ------------------------------------------------------------------ cohorts
 @dataclass
 class Member:
-    """One network of a cohort: what :func:`fit` takes for it, and a name for messages."""
+    """One network of a cohort: what :func:`apnb.engine.fit` takes for it, and a name for messages."""
     model: nn.Module
     objective: Callable
     cfg: TrainConfig
@@ -342,14 +345,15 @@ def fit_cohort(members: list[Member], train_set: Dataset, device="auto", progres
     teacher pass (KD logits, the layer activations for EWA, the Grad-CAM gradients for SWA/SSWA) runs once
     for the whole cohort (:meth:`apnb.matching.AttributionMatching.teacher_pass`).
 
-    Every member keeps its own optimizer, schedule, SSWA mask generator, checkpoint (the same file and
-    format as :func:`fit`, so either can resume the other's) and epoch: a member whose checkpoint is ahead
-    skips the epochs it has. **A member ends exactly as it would alone** with :func:`fit`: the data order and
-    augmentation depend on ``(seed, epoch)`` only, and each member's step starts from the global RNG state
-    that the batch left, as it would alone, so its dropout masks are its own run's. This needs every member
-    to draw the same amount of randomness per step (the same architecture and dropout); a member that does
-    not is refused with a one-line error. Members must share ``seed``, ``batch_size`` and ``num_workers``
-    (:func:`cohort_key`). One process only (use :func:`fit` under torchrun)."""
+    Every member keeps its own optimizer, schedule, SSWA mask generator, checkpoint (the file and format of
+    :func:`apnb.engine.fit`, so either resumes the other's) and epoch: a member whose checkpoint is ahead
+    skips the epochs it has. **A member ends exactly as it would alone** with :func:`apnb.engine.fit`: the
+    data order and augmentation depend on ``(seed, epoch)`` only, and each member's step starts from the
+    global RNG state that the batch left, as it would alone, so its dropout masks are its own run's. That
+    needs every member to draw the same amount of randomness per step (one architecture, one dropout); a
+    member that does not is refused with a one-line error. Members must share ``seed``, ``batch_size`` and
+    ``num_workers`` (:func:`apnb.engine.cohort_key`). One process only (under torchrun, use
+    :func:`apnb.engine.fit`). ``seconds`` of each result is the cohort's wall time per member."""
     from tqdm.auto import tqdm
 
     if not members:

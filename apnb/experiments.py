@@ -224,10 +224,10 @@ def distill_many(teacher, teacher_key: str, jobs: list[dict], data: dict, T: flo
     """Knowledge distillation of several students from scratch with KD + matching (paper Sec. 4.1), trained
     in cohorts: the students of one seed and one architecture share every batch and one teacher pass.
 
-    Each job is a dict of :func:`distill`'s arguments: ``student_spec``, ``method``, ``train`` and optionally
+    Each job is a dict of :func:`apnb.experiments.distill`'s arguments: ``student_spec``, ``method``, ``train`` and optionally
     ``beta``, ``p``, ``layers``, ``match_opts``, ``eval_fn``. The student's initial weights are drawn from
     ``train["seed"]``, so the students of one seed share their initialisation and data order across
-    methods (paired seeds: common random numbers). A student ends exactly as :func:`distill` alone would
+    methods (paired seeds: common random numbers). A student ends exactly as :func:`apnb.experiments.distill` alone would
     make it (:func:`apnb.engine.fit_cohort`), under the same store key. Returns ``[(student, info)]``."""
     store = store or Store()
     work = []
@@ -256,7 +256,7 @@ def distill(teacher, teacher_key: str, student_spec: dict, method: str, data: di
             T: float = 4.0, alpha: float = 0.9, store: Store | None = None, device="auto", progress=True,
             eval_fn=None, guards: Guards | dict | None = None):
     """Knowledge distillation of one student from scratch with KD + matching ``method`` (paper Sec. 4.1):
-    :func:`distill_many` with one job. ``guards``: the student must beat chance. Returns ``(student, info)``."""
+    :func:`apnb.experiments.distill_many` with one job. ``guards``: the student must beat chance. Returns ``(student, info)``."""
     job = {"student_spec": student_spec, "method": method, "train": train, "beta": beta, "p": p, "layers": layers,
            "match_opts": match_opts, "eval_fn": eval_fn}
     return distill_many(teacher, teacher_key, [job], data, T, alpha, store, device, progress, guards)[0]
@@ -295,7 +295,7 @@ def prune_structured_many(teacher, teacher_key: str, jobs: list[dict], data: dic
     """One-shot l1 structured pruning (Li et al.) of the teacher, then fine-tuning of each job with task loss +
     beta * matching, in cohorts: the fine-tunes of one seed share every batch and one teacher pass.
 
-    Each job is a dict of :func:`prune_structured`'s per-network arguments: ``method``, ``train`` and
+    Each job is a dict of :func:`apnb.experiments.prune_structured`'s per-network arguments: ``method``, ``train`` and
     optionally ``beta``, ``p``, ``match_layers``, ``match_opts`` (further :class:`~apnb.matching.MatchingConfig`
     fields: center_logits, relu, per_neuron, ...) and ``eval_fn(model) -> dict`` (called after each
     fine-tuning epoch; its rows land in ``info["history"]``). Every job prunes the same teacher at the same
@@ -331,7 +331,7 @@ def prune_structured(teacher, teacher_key: str, method: str, data: dict, train: 
                      p: float = 0.3, match_layers=("last_conv",), store: Store | None = None, device="auto",
                      progress=True, multilabel: bool = True, match_opts: dict | None = None, eval_fn=None):
     """One-shot l1 structured pruning (Li et al.) then fine-tuning with task loss + beta * matching:
-    :func:`prune_structured_many` with one job. Returns ``(model, info)``."""
+    :func:`apnb.experiments.prune_structured_many` with one job. Returns ``(model, info)``."""
     job = {"method": method, "train": train, "beta": beta, "p": p, "match_layers": match_layers,
            "match_opts": match_opts, "eval_fn": eval_fn}
     return prune_structured_many(teacher, teacher_key, [job], data, rate, image_size, layers, store, device,

@@ -170,7 +170,8 @@ class AttributionMatching:
 
         The graph is cut at the layer and the teacher's parameters are frozen, so the teacher gets no
         gradient and nothing before the layer is recorded. ``cache`` (one dict per batch) shares the result
-        among regularizers with the same :meth:`teacher_need`: one teacher pass serves a whole cohort."""
+        among regularizers with the same :meth:`apnb.matching.AttributionMatching.teacher_need`: one teacher
+        pass serves a whole cohort."""
         need = self.teacher_need()
         if cache is not None and need in cache:
             return cache[need]
@@ -195,7 +196,8 @@ class AttributionMatching:
 
     def __call__(self, student: nn.Module, x: torch.Tensor, teacher: nn.Module | None = None,
                  y: torch.Tensor | None = None, task_loss=None, cache: dict | None = None):
-        """Returns ``(student_logits, teacher_logits or None, match_loss)``. ``cache``: see :meth:`teacher_pass`."""
+        """Returns ``(student_logits, teacher_logits or None, match_loss)``; ``cache``: see
+        :meth:`apnb.matching.AttributionMatching.teacher_pass`."""
         cfg = self.cfg
         self.last_masks = []
         zero = x.new_zeros(())
