@@ -6,11 +6,14 @@ time (:func:`apnb.experiments.distill`, as a loop over the grid would), then as 
 (:func:`apnb.experiments.distill_many`: the students of one seed share each batch and one teacher pass).
 The teacher has the demo architecture with its seeded initial weights, untrained: the cost of a step does
 not depend on what the teacher has learned. Both runs must give the same networks; the script checks it.
-The last line is the ratio:
+With ``--grid structured`` the grid is that of notebook 03 instead: the teacher l1-pruned at the demo
+rate, fine-tuned with each method (:func:`apnb.experiments.prune_structured_many`); there the pruned
+network is much cheaper than the teacher, so the shared teacher pass is most of each step. The last line
+is the ratio:
 
     cohort speedup: X.XXx (one-by-one A s, cohort B s, 12 students)
 
-    python benchmarks/bench_cohort.py [--epochs 2] [--seeds 0 1 2]
+    python benchmarks/bench_cohort.py [--grid kd|structured] [--epochs 2] [--seeds 0 1 2]
 """
 import argparse
 import tempfile
@@ -29,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", choices=["kd", "structured"], default="kd")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a = ap.parse_args()
@@ -36,30 +40,53 @@ def main():
     data = X.voc_data(str(ROOT / p["data_root"]), p["synth"], p["image_size"])
     tspec = dict(p["teacher_spec"], num_classes=len(data["classes"]))
     teacher = M.build(tspec, seed=0).eval()
-    sspec = dict(tspec, width_div=tspec["width_div"] * p["main_div"])
-    train = dict(p["student_train"], epochs=a.epochs)
-    jobs = [{"student_spec": sspec, "method": m, "train": dict(train, seed=s), "beta": p["beta"].get(m)}
-            for s in a.seeds for m in X.METHODS]
-    kw = dict(T=p["kd_T"], alpha=p["kd_alpha"], device="cpu", progress=False)
-    print(f"{len(jobs)} students: VGG16/{p['main_div']}-style (width/{sspec['width_div']}), methods "
-          f"{', '.join(X.METHODS)} x seeds {a.seeds}, {a.epochs} epochs of {len(data['train']) // train['batch_size']}"
-          f" batches of {train['batch_size']}; {torch.get_num_threads()} threads")
+    kw = dict(device="cpu", progress=False)
+    if a.grid == "kd":
+        sspec = dict(tspec, width_div=tspec["width_div"] * p["main_div"])
+        train = dict(p["student_train"], epochs=a.epochs)
+        jobs = [{"student_spec": sspec, "method": m, "train": dict(train, seed=s), "beta": p["beta"].get(m)}
+                for s in a.seeds for m in X.METHODS]
+        what = f"KD students VGG16/{p['main_div']}-style (width/{sspec['width_div']})"
+
+        def one(j, store):
+            return X.distill(teacher, "bench", j["student_spec"], j["method"], data, j["train"], beta=j["beta"],
+                             T=p["kd_T"], alpha=p["kd_alpha"], store=store, **kw)[0]
+
+        def many(store):
+            return [m for m, _ in X.distill_many(teacher, "bench", jobs, data, T=p["kd_T"], alpha=p["kd_alpha"],
+                                                 store=store, **kw)]
+    else:
+        train = dict(p["structured_finetune"], epochs=a.epochs)
+        jobs = [{"method": m, "train": dict(train, seed=s), "beta": p["beta"].get(m)} for s in a.seeds for m in X.METHODS]
+        what = f"structured fine-tunes of the teacher pruned at rho_c={p['rho_c']}"
+        size = p["image_size"]
+
+        def one(j, store):
+            return X.prune_structured(teacher, "bench", j["method"], data, j["train"], p["rho_c"], size,
+                                      beta=j["beta"], store=store, **kw)[0]
+
+        def many(store):
+            return [m for m, _ in X.prune_structured_many(teacher, "bench", jobs, data, p["rho_c"], size,
+                                                          store=store, **kw)]
+    print(f"{len(jobs)} networks: {what}, methods {', '.join(X.METHODS)} x seeds {a.seeds}, {a.epochs} epochs of "
+          f"{len(data['train']) // train['batch_size']} batches of {train['batch_size']}; "
+          f"{torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as d1, tempfile.TemporaryDirectory() as d2:
         t = time.perf_counter()
-        alone = [X.distill(teacher, "bench", j["student_spec"], j["method"], data, j["train"], beta=j["beta"],
-                           store=Store(d1), **kw)[0] for j in jobs]
+        alone = [one(j, Store(d1)) for j in jobs]
         t_alone = time.perf_counter() - t
         t = time.perf_counter()
-        cohort = [m for m, _ in X.distill_many(teacher, "bench", jobs, data, store=Store(d2), **kw)]
+        cohort = many(Store(d2))
         t_cohort = time.perf_counter() - t
     same = all(torch.equal(u, v) for a_, b_ in zip(alone, cohort)
                for u, v in zip(a_.state_dict().values(), b_.state_dict().values()))
     n = len(jobs)
-    print(f"one by one: {t_alone / n:.1f} s per student; cohort: {t_cohort / n:.1f} s per student; "
+    print(f"one by one: {t_alone / n:.1f} s per network; cohort: {t_cohort / n:.1f} s per network; "
           f"identical networks: {same}")
     if not same:
         raise SystemExit("cohort and one-by-one training gave different networks")
-    print(f"cohort speedup: {t_alone / t_cohort:.2f}x (one-by-one {t_alone:.0f} s, cohort {t_cohort:.0f} s, {n} students)")
+    unit = "students" if a.grid == "kd" else "networks"
+    print(f"cohort speedup: {t_alone / t_cohort:.2f}x (one-by-one {t_alone:.0f} s, cohort {t_cohort:.0f} s, {n} {unit})")
 
 
 if __name__ == "__main__":

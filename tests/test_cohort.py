@@ -158,3 +158,17 @@ def test_distill_many_trains_cohorts_under_the_single_store_keys(tmp_path, synth
     assert again[0][1]["cohort"] == 2  # loaded from the store with its training record, not retrained
     single, _ = X.distill(teacher, "t", sspec, "naive", data, dict(train, seed=0), store=store, progress=False)
     assert _equal(single, out[0][0])
+
+
+def test_prune_structured_many_equals_single_calls(tmp_path, synth_root):
+    data = X.voc_data(str(synth_root), None, 32)
+    spec = {"arch": "vgg16_bn", "num_classes": len(data["classes"]), "width_div": 16, "n_pools": 2, "head_pool": 1}
+    teacher = M.build(spec, seed=0).eval()
+    train = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "cosine", "batch_size": 8, "seed": 2}
+    jobs = [{"method": m, "train": train, "beta": 3.0} for m in ("naive", "ewa", "sswa")]
+    out = X.prune_structured_many(teacher, "t", jobs, data, 0.5, 32, store=Store(tmp_path / "a"), progress=False)
+    assert [info["cohort"] for _, info in out] == [3, 3, 3]
+    assert out[0][1]["params_after"] < out[0][1]["params_before"]
+    one, info = X.prune_structured(teacher, "t", "sswa", data, train, 0.5, 32, beta=3.0, store=Store(tmp_path / "b"),
+                                   progress=False)
+    assert info["cohort"] == 1 and _equal(one, out[2][0])
