@@ -204,6 +204,33 @@ class FitResult:
     cohort: int = 1  # networks trained together (fit_cohort); seconds is then the cohort's time per network
 
 
+def _resume(model: nn.Module, opt, sch, cfg: TrainConfig, ckpt, key: str | None):
+    """Load ``ckpt`` into model, optimizer and scheduler when it exists and belongs to this run (else a one-line
+    error). Returns ``(FitResult, start epoch, ckpt path or None, run key)``."""
+    res, start = FitResult(), 0
+    ckpt = Path(ckpt) if ckpt else None
+    rkey = run_key(cfg, key)
+    if ckpt is not None and ckpt.exists():
+        ck = load_checkpoint(ckpt)
+        if ck.get("run_key") != rkey:
+            raise ModelError(f"checkpoint {ckpt} belongs to another training run (its run key "
+                             f"{ck.get('run_key', 'none: an older apnb')} != {rkey}: other configuration or code "
+                             f"version); delete it to restart this run: rm {ckpt}")
+        load_state(model, ck["model"], ck.get("pruned", []), str(ckpt))
+        opt.load_state_dict(ck["optimizer"])
+        sch.load_state_dict(ck["scheduler"])
+        start = res.resumed_from = int(ck["epoch"])
+        res.history = json.loads(ck["history"])
+    return res, start, ckpt, rkey
+
+
+def _save(model: nn.Module, opt, sch, epoch: int, history: list, rkey: str, ckpt: Path):
+    """The atomic end-of-epoch checkpoint that :func:`_resume` reads."""
+    atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sch.state_dict(),
+                       "epoch": epoch, "history": json.dumps(history), "pruned": C.pruned_param_names(model),
+                       "spec": json.dumps(getattr(model, "apnb_spec", {})), "run_key": rkey}, ckpt)
+
+
 def run_key(cfg: TrainConfig, key: str | None = None) -> str:
     """Identity of one training run: the store key (or None) + the training configuration + apnb's version."""
     from . import __version__
@@ -241,21 +268,7 @@ def fit(model: nn.Module, objective: Callable, train_set: Dataset, cfg: TrainCon
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {cfg.batch_size}")
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt, sch = make_optimizer(model, cfg, steps)
-    res = FitResult()
-    start = 0
-    ckpt = Path(ckpt) if ckpt else None
-    rkey = run_key(cfg, key)
-    if ckpt is not None and ckpt.exists():
-        ck = load_checkpoint(ckpt)
-        if ck.get("run_key") != rkey:
-            raise ModelError(f"checkpoint {ckpt} belongs to another training run (its run key "
-                             f"{ck.get('run_key', 'none: an older apnb')} != {rkey}: other configuration or code "
-                             f"version); delete it to restart this run: rm {ckpt}")
-        load_state(model, ck["model"], ck.get("pruned", []), str(ckpt))
-        opt.load_state_dict(ck["optimizer"])
-        sch.load_state_dict(ck["scheduler"])
-        start = res.resumed_from = int(ck["epoch"])
-        res.history = json.loads(ck["history"])
+    res, start, ckpt, rkey = _resume(model, opt, sch, cfg, ckpt, key)
     use_amp = cfg.amp and device.type == "cuda"
     t0, seen = time.time(), 0
     for epoch in range(start, cfg.epochs):
@@ -295,10 +308,7 @@ def fit(model: nn.Module, objective: Callable, train_set: Dataset, cfg: TrainCon
         if progress and rank == 0:
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         if ckpt is not None and rank == 0:
-            atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sch.state_dict(),
-                               "epoch": epoch + 1, "history": json.dumps(res.history),
-                               "pruned": C.pruned_param_names(model),
-                               "spec": json.dumps(getattr(model, "apnb_spec", {})), "run_key": rkey}, ckpt)
+            _save(model, opt, sch, epoch + 1, res.history, rkey, ckpt)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     res.seconds = time.time() - t0
@@ -379,20 +389,7 @@ def fit_cohort(members: list[Member], train_set: Dataset, device="auto", progres
         if getattr(m.objective, "teacher", None) is not None:
             m.objective.teacher.to(device)
         opt, sch = make_optimizer(m.model, m.cfg, steps)
-        res, start = FitResult(), 0
-        ckpt = Path(m.ckpt) if m.ckpt else None
-        rkey = run_key(m.cfg, m.key)
-        if ckpt is not None and ckpt.exists():
-            ck = load_checkpoint(ckpt)
-            if ck.get("run_key") != rkey:
-                raise ModelError(f"checkpoint {ckpt} belongs to another training run (its run key "
-                                 f"{ck.get('run_key', 'none: an older apnb')} != {rkey}: other configuration or "
-                                 f"code version); delete it to restart this run: rm {ckpt}")
-            load_state(m.model, ck["model"], ck.get("pruned", []), str(ckpt))
-            opt.load_state_dict(ck["optimizer"])
-            sch.load_state_dict(ck["scheduler"])
-            start = res.resumed_from = int(ck["epoch"])
-            res.history = json.loads(ck["history"])
+        res, start, ckpt, rkey = _resume(m.model, opt, sch, m.cfg, m.ckpt, m.key)
         states.append({"m": m, "opt": opt, "sch": sch, "res": res, "start": start, "ckpt": ckpt, "rkey": rkey,
                        "seen": 0})
     # members whose objective needs a teacher pass step first, so a logits-only member reuses their pass
@@ -458,11 +455,7 @@ def fit_cohort(members: list[Member], train_set: Dataset, device="auto", progres
             if progress:
                 print(m.name, " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             if st["ckpt"] is not None:
-                atomic_torch_save({"model": m.model.state_dict(), "optimizer": st["opt"].state_dict(),
-                                   "scheduler": st["sch"].state_dict(), "epoch": epoch + 1,
-                                   "history": json.dumps(st["res"].history), "pruned": C.pruned_param_names(m.model),
-                                   "spec": json.dumps(getattr(m.model, "apnb_spec", {})), "run_key": st["rkey"]},
-                                  st["ckpt"])
+                _save(m.model, st["opt"], st["sch"], epoch + 1, st["res"].history, st["rkey"], st["ckpt"])
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     wall = time.time() - t_start
