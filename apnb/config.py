@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +55,38 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         Path(tmp).write_text(text)
 
 
+class DiskFullError(OSError):
+    """A write ran out of disk space; the message says where and how much was free."""
+
+
+def _no_space_message(path: Path, err: BaseException) -> str | None:
+    """The one-line error for a write that failed for want of space, or None when space was not the cause.
+
+    A full disk shows up in ``torch.save`` as a short write, which its zip writer reports as
+    ``unexpected pos A vs B`` or ``file write failed`` rather than as ``ENOSPC``."""
+    text = str(err)
+    short_write = "unexpected pos" in text or "failed writing file" in text or "file write failed" in text
+    if not (getattr(err, "errno", None) == 28 or "No space left" in text or short_write):
+        return None
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if short_write and free is not None and free > (512 << 20):
+        return None  # plenty of room: some other failure, shown as it is
+    room = f"{free / 2**20:.0f} MiB free" if free is not None else "free space unknown"
+    return (f"no space left writing {path} ({room}): free disk space, or point APNB_STORE (and the runs folder, "
+            f"via `make clean`) to a larger disk, then re-run; finished networks in the store are kept")
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` through :func:`atomic_path`; a full disk becomes one :class:`DiskFullError` line."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (RuntimeError, OSError) as e:
+        msg = _no_space_message(path, e)
+        if msg is None:
+            raise
+        raise DiskFullError(28, msg) from e

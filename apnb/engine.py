@@ -178,9 +178,16 @@ def load_checkpoint(path, model: nn.Module | None = None, map_location="cpu") ->
     return ck
 
 
+def saved_state(model: nn.Module) -> dict:
+    """``model.state_dict()`` with pruning masks (``*.weight_mask``, 0/1) as bool: a quarter of their float32
+    size, which matters for the paper's unstructured VGG16 (its masks are as large as its weights)."""
+    return {k: (v.bool() if k.endswith("weight_mask") else v) for k, v in model.state_dict().items()}
+
+
 def load_state(model: nn.Module, state: dict, pruned: list[str], where: str = "checkpoint"):
     C.reapply_pruning(model, pruned)
     own = model.state_dict()
+    state = {k: (v.to(own[k].dtype) if k in own and v.dtype == torch.bool else v) for k, v in state.items()}
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
     shape = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own if k in state and state[k].shape != own[k].shape]
@@ -226,7 +233,7 @@ def _resume(model: nn.Module, opt, sch, cfg: TrainConfig, ckpt, key: str | None)
 
 def _save(model: nn.Module, opt, sch, epoch: int, history: list, rkey: str, ckpt: Path):
     """The atomic end-of-epoch checkpoint that :func:`_resume` reads."""
-    atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sch.state_dict(),
+    atomic_torch_save({"model": saved_state(model), "optimizer": opt.state_dict(), "scheduler": sch.state_dict(),
                        "epoch": epoch, "history": json.dumps(history), "pruned": C.pruned_param_names(model),
                        "spec": json.dumps(getattr(model, "apnb_spec", {})), "run_key": rkey}, ckpt)
 
@@ -479,7 +486,8 @@ class Store:
     """Checkpoints keyed by a hash of their configuration, so that a teacher is trained once and reused.
 
     ``store.path(kind, cfg)`` is ``<root>/<kind>-<hash>/model.pt``; ``cfg.json`` beside it records the
-    configuration. Finished models are saved with ``save``; ``load`` returns None when absent.
+    configuration. Finished models are saved with ``save``, which then deletes the entry's resume checkpoints
+    (``*.ckpt``); ``load`` returns None when absent.
     """
 
     def __init__(self, root: str | Path | None = None):
@@ -504,9 +512,11 @@ class Store:
 
     def save(self, kind: str, cfg: dict, model: nn.Module, extra: dict | None = None) -> Path:
         p = self.dir(kind, cfg) / "final.pt"
-        atomic_torch_save({"model": model.state_dict(), "pruned": C.pruned_param_names(model),
+        atomic_torch_save({"model": saved_state(model), "pruned": C.pruned_param_names(model),
                            "spec": json.dumps(getattr(model, "apnb_spec", {})),
                            "extra": json.dumps(extra or {}, default=str)}, p)
+        for resume in p.parent.glob("*.ckpt"):  # superseded: they hold optimizer state, 2-3x the network
+            resume.unlink(missing_ok=True)
         return p
 
     def load(self, kind: str, cfg: dict, model: nn.Module) -> dict | None:

@@ -158,6 +158,8 @@ def test_distill_many_trains_cohorts_under_the_single_store_keys(tmp_path, synth
     assert again[0][1]["cohort"] == 2  # loaded from the store with its training record, not retrained
     single, _ = X.distill(teacher, "t", sspec, "naive", data, dict(train, seed=0), store=store, progress=False)
     assert _equal(single, out[0][0])
+    left = sorted(f.name for f in store.root.glob("*/*") if f.is_file())
+    assert left and set(left) == {"cfg.json", "final.pt"}  # resume checkpoints go once final.pt is written
 
 
 def test_prune_structured_many_equals_single_calls(tmp_path, synth_root):

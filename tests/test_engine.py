@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,6 +135,14 @@ def test_unstructured_pruning_rates_and_resume(tmp_path):
     assert C.sparsity(fresh)["global"] == pytest.approx(0.488, abs=1e-3)
     per_layer = C.sparsity(m)
     assert set(per_layer) >= {"features.0", "global"}
+    st = Store(tmp_path / "store")
+    saved = torch.load(st.save("pruned", {"a": 1}, m), weights_only=True)["model"]
+    assert saved["features.0.weight_mask"].dtype == torch.bool  # masks stored at a quarter of their float size
+    again = _net()
+    st.load("pruned", {"a": 1}, again)
+    assert again.features[0].weight_mask.dtype == torch.float32
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(again.eval()(x), m.eval()(x))
 
 
 def test_structured_pruning_is_physical():
@@ -164,6 +173,38 @@ def test_store_roundtrip(tmp_path):
     m2 = _net(16)
     assert st.load("teacher", {"a": 1}, m2) == {"note": "x"}
     assert st.load("teacher", {"a": 2}, _net()) is None
+
+
+def test_store_save_drops_superseded_resume_checkpoints(tmp_path):
+    st = Store(tmp_path)
+    d = st.dir("teacher", {"a": 1})
+    (d / "train.ckpt").write_bytes(b"x")
+    (d / "pretrain.ckpt").write_bytes(b"x")
+    st.save("teacher", {"a": 1}, _net())
+    assert sorted(f.name for f in d.iterdir()) == ["cfg.json", "final.pt"]
+
+
+def test_full_disk_is_one_clear_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """torch.save reports a short write as 'unexpected pos A vs B'; with the disk (nearly) full that becomes a
+    DiskFullError naming the path and the free space, and neither the target nor a temporary file is left."""
+    import shutil
+    from apnb import config as cfgmod
+
+    def short_write(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 32813120 vs 32813008")
+
+    monkeypatch.setattr(cfgmod.torch, "save", short_write)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 3 << 20))
+    target = tmp_path / "final.pt"
+    with pytest.raises(cfgmod.DiskFullError, match=r"no space left writing .*final.pt \(3 MiB free\)"):
+        cfgmod.atomic_torch_save({"w": 1}, target)
+    assert list(tmp_path.iterdir()) == []
+    # the same error with room to spare is not a disk problem: it is shown as it is
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 1 << 30, 9 << 30))
+    with pytest.raises(RuntimeError, match="unexpected pos") as e:
+        cfgmod.atomic_torch_save({"w": 1}, target)
+    assert not isinstance(e.value, cfgmod.DiskFullError)
 
 
 def test_pretrained_weights_absent_is_an_error(tmp_path, monkeypatch):
