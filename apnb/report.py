@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -50,32 +51,81 @@ def paired_diff(a, b) -> dict:
     return {"diff": mu, "ci": half, "n": n, "p": p}
 
 
-def verdict(diff: dict, what: str, paper_sign: int | None = 1) -> str:
+class Verdict(str):
+    """A verdict sentence (what :func:`verdict` returns) that also carries its parts, so that a table can show
+    them without parsing the sentence: ``claim`` (what is compared), ``paper`` (the paper's direction or
+    number, from a trailing ``(paper: ...)`` of the claim, else None), ``ours`` (our estimate) and
+    ``finding`` (supports / contradicts / not resolved ...)."""
+
+    claim: str
+    paper: str | None
+    ours: str
+    finding: str
+
+    def __new__(cls, text: str, what: str, ours: str, finding: str):
+        obj = super().__new__(cls, text)
+        m = re.search(r"\s*\(paper[:,]\s*(.*)\)\s*$", what)
+        obj.claim = what[:m.start()] if m else what
+        obj.paper = m.group(1) if m else None
+        obj.ours, obj.finding = ours, finding
+        return obj
+
+
+def verdict(diff: dict, what: str, paper_sign: int | None = 1) -> Verdict:
     """One sentence: does a paired difference support the paper's direction, contradict it, or not resolve it?
 
     ``paper_sign``: +1 the paper reports an increase, -1 a decrease, 0 no change (then an interval that
     excludes 0 contradicts it), ``None`` the paper makes no claim (the sentence only says which side of 0
-    the interval lies on)."""
+    the interval lies on). ``what`` may end in ``(paper: ...)``, the paper's direction or number."""
     mu, half, n = diff["diff"], diff["ci"], diff["n"]
     if mu is None or math.isnan(mu):
-        return f"{what}: no data."
+        return Verdict(f"{what}: no data.", what, "no data", "no data")
     if n < 2 or math.isnan(half):
-        return f"{what}: {mu:+.3f} from a single seed, so no interval; this run cannot settle it."
+        return Verdict(f"{what}: {mu:+.3f} from a single seed, so no interval; this run cannot settle it.", what,
+                       f"{mu:+.3f} (one seed)", "one seed: not settled")
     lo, hi = mu - half, mu + half
-    head = f"{what}: {mu:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n={n})"
+    ours = f"{mu:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n={n})"
     if paper_sign is None:
         side = "positive" if lo > 0 else "negative" if hi < 0 else None
-        return f"{head} — {side}: the interval excludes 0." if side else f"{head} — the interval includes 0: not resolved here."
-    if paper_sign == 0:
-        if lo <= 0 <= hi:
-            return f"{head} — the interval includes 0: consistent with the paper's 'no change'."
-        return f"{head} — a difference that excludes 0: contradicts the paper's 'no change'."
-    s_lo, s_hi = sorted((paper_sign * lo, paper_sign * hi))
-    if s_lo > 0:
-        return f"{head} — supports the paper's direction."
-    if s_hi < 0:
-        return f"{head} — contradicts the paper's direction."
-    return f"{head} — the interval includes 0: not resolved here."
+        finding = f"{side}: the interval excludes 0" if side else "the interval includes 0: not resolved here"
+    elif paper_sign == 0:
+        finding = ("the interval includes 0: consistent with the paper's 'no change'" if lo <= 0 <= hi
+                   else "a difference that excludes 0: contradicts the paper's 'no change'")
+    else:
+        s_lo, s_hi = sorted((paper_sign * lo, paper_sign * hi))
+        finding = ("supports the paper's direction" if s_lo > 0 else "contradicts the paper's direction" if s_hi < 0
+                   else "the interval includes 0: not resolved here")
+    return Verdict(f"{what}: {ours} — {finding}.", what, ours, finding)
+
+
+def verdict_rows(lines, scorecard=(), **extra) -> list[dict]:
+    """Run-record rows (table ``verdict``) for verdict lines: each :class:`Verdict` with its parts, a plain
+    sentence with its text only. The lines at the indices in ``scorecard`` are marked for the book's
+    reproduction scorecard (:func:`scorecard`). ``extra`` (e.g. ``study=...``) goes into every row."""
+    rows = []
+    for i, line in enumerate(lines):
+        parts = ({"claim": line.claim, "paper": line.paper, "ours": line.ours, "finding": line.finding}
+                 if isinstance(line, Verdict) else {"claim": str(line).split(":", 1)[0]})
+        rows.append({**extra, **parts, "scorecard": i in scorecard, "metric": "text", "value": str(line)})
+    return rows
+
+
+def scorecard(records: dict[str, dict], titles: dict[str, str]) -> pd.DataFrame:
+    """The reproduction scorecard: one row per verdict line marked ``scorecard`` in each chapter's run record
+    (``records``: notebook stem -> record), in ``titles`` order, with the paper's number, ours, the verdict
+    and a link to the chapter. A record written before verdicts carried their parts is a clear error."""
+    rows = []
+    for nb, title in titles.items():
+        rec = records[nb]
+        marked = [r for r in rec["rows"] if r.get("table") == "verdict" and r.get("scorecard")]
+        if not marked:
+            raise ValueError(f"the run record of {nb} marks no scorecard line (it predates them): re-run it with "
+                             f"`apnb run notebooks/{nb}.ipynb --force`")
+        for r in marked:
+            rows.append({"chapter": f"{{doc}}`{title} </notebooks/{nb}>`", "claim": r["claim"],
+                         "the paper": r.get("paper") or "", "ours (mean, 95% CI)": r.get("ours") or "",
+                         "verdict": r.get("finding") or "", "commit": rec.get("commit", "")[:7], "notebook": nb})
+    return pd.DataFrame(rows)
 
 
 def paired_by_seed(df: pd.DataFrame, metric: str, a: str, b: str, col: str = "method") -> dict:
@@ -126,3 +176,19 @@ def holm(pvalues) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out
+
+
+def pointing_findings(hits: dict[str, float], n_pairs: int, reference: str = "full") -> str:
+    """Markdown lines for the qualitative chapter (paper Figures 1, 4-6): each network's pointing accuracy on
+    the ``n_pairs`` (image, class) pairs every network predicts, and each network's difference from
+    ``reference``. One seed, so point estimates without an interval; the lines say so."""
+    if n_pairs == 0:
+        return "- No (image, class) pair is predicted correctly by every network: nothing to compare."
+    ref = hits[reference]
+    lines = [f"- On the {n_pairs} (image, class) pairs that every network predicts correctly, the map's maximum "
+             f"falls inside the object for " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in hits.items()) + "."]
+    diffs = [f"{k} {100 * (v - ref):+.1f}" for k, v in hits.items() if k != reference]
+    if diffs:
+        lines.append(f"- Minus the {reference} network, in points: " + ", ".join(diffs)
+                     + " (first seed only: point estimates, no interval; the chapters above give the seeds' spread).")
+    return "\n".join(lines)

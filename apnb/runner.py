@@ -223,6 +223,40 @@ def mathjax_dir() -> Path:
     return d
 
 
+def _imports_only(source: str) -> bool:
+    import ast
+
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return False
+    return bool(body) and all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in body)
+
+
+def for_readers(executed: Path, dest: Path) -> Path:
+    """Copy an executed notebook into the book with its plumbing out of the reader's way.
+
+    Cells that only import are removed; the parameter cell and papermill's injected one are folded
+    (``hide-cell``: one click shows the profile's values); progress-bar widgets are dropped (their text
+    fallback would print a bar into the page). The executed notebook in the runs folder is left as it is."""
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = cell.metadata.setdefault("tags", [])
+        if {"parameters", "injected-parameters"} & set(tags):
+            tags.append("hide-cell")
+        elif _imports_only(cell.source) and not {"remove-cell", "remove-input"} & set(tags):
+            tags.append("remove-cell")
+        cell.outputs = [o for o in cell.get("outputs", [])
+                        if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(dest))
+    return dest
+
+
 def build_book(profile: str = "demo", run: bool = True, force: bool = False) -> Path:
     """Execute every notebook of the toc (unless ``run=False``), stage the book and build it strictly."""
     root = repo_root()
@@ -244,7 +278,7 @@ def build_book(profile: str = "demo", run: bool = True, force: bool = False) -> 
         ex = runs / nb.name
         if not ex.exists():
             raise RunError(f"{ex} is missing: run `apnb run {nb.relative_to(root)} --profile {profile}` first")
-        shutil.copy2(ex, stage / "notebooks" / nb.name)
+        for_readers(ex, stage / "notebooks" / nb.name)
     for extra in (root / "notebooks").glob("*.py"):
         shutil.copy2(extra, stage / "notebooks" / extra.name)
     jb = Path(sys.executable).parent / "jupyter-book"

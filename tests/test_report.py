@@ -50,3 +50,28 @@ def test_holm_matches_hand_computation():
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     out = holm([0.5, float("nan"), 0.6])
     assert out[0] == pytest.approx(1.0) and out[2] == pytest.approx(1.0) and out[1] != out[1]
+
+
+def test_pointing_findings_hand_case():
+    text = report.pointing_findings({"full": 0.8, "KD naive": 0.55, "KD sswa": 0.75}, 40)
+    assert "40 (image, class) pairs" in text and "full 80.0 %" in text
+    assert "KD naive -25.0, KD sswa -5.0" in text and "no interval" in text
+    assert "nothing to compare" in report.pointing_findings({"full": 0.0}, 0)
+
+
+def test_verdict_carries_its_parts_and_the_scorecard_reads_them():
+    v = report.verdict({"diff": -0.1, "ci": 0.05, "n": 5, "p": 0.01}, "Drift: naive AUC minus teacher AUC (paper: negative, -8.8 points)", -1)
+    assert str(v) == ("Drift: naive AUC minus teacher AUC (paper: negative, -8.8 points): -0.100 (95% CI -0.150 to -0.050, "
+                      "n=5) — supports the paper's direction.")
+    assert (v.claim, v.paper, v.finding) == ("Drift: naive AUC minus teacher AUC", "negative, -8.8 points",
+                                             "supports the paper's direction")
+    one = report.verdict({"diff": 0.02, "ci": float("nan"), "n": 1, "p": float("nan")}, "SSWA minus naive (paper: positive)")
+    rows = report.verdict_rows([v, one, "a plain line: 3"], scorecard=(0, 1), study="x")
+    assert [r["scorecard"] for r in rows] == [True, True, False] and rows[2]["claim"] == "a plain line"
+    assert rows[1]["ours"] == "+0.020 (one seed)" and all(r["study"] == "x" for r in rows)
+    rec = {"commit": "abcdef123", "rows": [dict(r, table="verdict") for r in rows]}
+    card = report.scorecard({"01_x": rec}, {"01_x": "Distillation"})
+    assert list(card["the paper"]) == ["negative, -8.8 points", "positive"]
+    assert card.chapter[0] == "{doc}`Distillation </notebooks/01_x>`" and card.commit[0] == "abcdef1"
+    with pytest.raises(ValueError, match="re-run it"):
+        report.scorecard({"01_x": {"rows": []}}, {"01_x": "Distillation"})

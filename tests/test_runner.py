@@ -96,3 +96,23 @@ def test_parameter_cells_hold_the_demo_profile():
         for k, v in runner.params_for(nb, "demo").items():
             if k != "profile":
                 assert declared[k] == v, f"{nb.name}: parameter {k} = {declared[k]!r}, demo profile {v!r}"
+
+
+def test_for_readers_folds_parameters_removes_imports_and_progress_widgets(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    imp = nbformat.v4.new_code_cell("import time\nfrom apnb import report")
+    par = nbformat.v4.new_code_cell("a = 1")
+    par.metadata["tags"] = ["parameters"]
+    inj = nbformat.v4.new_code_cell("a = 2")
+    inj.metadata["tags"] = ["injected-parameters"]
+    work = nbformat.v4.new_code_cell("import numpy as np\nx = np.zeros(2)")
+    work.outputs = [nbformat.v4.new_output("display_data", {"application/vnd.jupyter.widget-view+json": {"model_id": "m"},
+                                                            "text/plain": "students:  8%|#  | 1/12"}),
+                    nbformat.v4.new_output("execute_result", {"text/plain": "array([0., 0.])"}, execution_count=1)]
+    nb.cells = [imp, par, inj, work]
+    nbformat.write(nb, tmp_path / "ex.ipynb")
+    out = nbformat.read(runner.for_readers(tmp_path / "ex.ipynb", tmp_path / "book" / "ex.ipynb"), as_version=4)
+    assert [c.metadata.get("tags") for c in out.cells] == [["remove-cell"], ["parameters", "hide-cell"],
+                                                          ["injected-parameters", "hide-cell"], []]
+    assert [o["output_type"] for o in out.cells[3].outputs] == ["execute_result"]  # the bar is gone, the result kept
+    assert nbformat.read(tmp_path / "ex.ipynb", as_version=4).cells[0].metadata.get("tags") is None  # source untouched
