@@ -112,8 +112,8 @@ def verdict_rows(lines, scorecard=(), **extra) -> list[dict]:
 
 def scorecard(records: dict[str, dict], titles: dict[str, str]) -> pd.DataFrame:
     """The reproduction scorecard: one row per verdict line marked ``scorecard`` in each chapter's run record
-    (``records``: notebook stem -> record), in ``titles`` order, with the paper's number, ours, the verdict
-    and a link to the chapter. A record written before verdicts carried their parts is a clear error."""
+    (``records``: notebook stem -> record), in ``titles`` order, with the paper's number, ours, the verdict,
+    the chapter and its notebook. A record written before verdicts carried their parts is a clear error."""
     rows = []
     for nb, title in titles.items():
         rec = records[nb]
@@ -122,7 +122,7 @@ def scorecard(records: dict[str, dict], titles: dict[str, str]) -> pd.DataFrame:
             raise ValueError(f"the run record of {nb} marks no scorecard line (it predates them): re-run it with "
                              f"`apnb run notebooks/{nb}.ipynb --force`")
         for r in marked:
-            rows.append({"chapter": f"{{doc}}`{title} </notebooks/{nb}>`", "claim": r["claim"],
+            rows.append({"chapter": title, "claim": r["claim"],
                          "the paper": r.get("paper") or "", "ours (mean, 95% CI)": r.get("ours") or "",
                          "verdict": r.get("finding") or "", "commit": rec.get("commit", "")[:7], "notebook": nb})
     return pd.DataFrame(rows)
@@ -192,3 +192,14 @@ def pointing_findings(hits: dict[str, float], n_pairs: int, reference: str = "fu
         lines.append(f"- Minus the {reference} network, in points: " + ", ".join(diffs)
                      + " (first seed only: point estimates, no interval; the chapters above give the seeds' spread).")
     return "\n".join(lines)
+
+
+def scorecard_html(card: pd.DataFrame, href: str = "../notebooks/{notebook}.html") -> str:
+    """:func:`scorecard` as an HTML table whose chapter cells link to the chapters (``href`` is relative to
+    the page that shows it: the default works from ``book/`` and ``notebooks/`` alike)."""
+    import html
+
+    shown = card.drop(columns=["commit", "notebook"]).map(lambda v: html.escape(str(v)))
+    shown["chapter"] = [f'<a href="{href.format(notebook=n)}">{html.escape(t)}</a>'
+                        for n, t in zip(card.notebook, card.chapter)]
+    return shown.to_html(index=False, escape=False, border=0, classes="scorecard")

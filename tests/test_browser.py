@@ -2,6 +2,8 @@
 
 Checks on every page of the book: no error or traceback output, every image loaded, every internal link
 (and its #anchor) resolves, equations rendered by MathJax, and no request for any host but 127.0.0.1.
+For readers: no progress bar or warning text, a Findings admonition on every experiment chapter, at least
+one citation per chapter linked to the References page, and the scorecard on the introduction.
 Screenshots of the home page and one results page go to ``build/test-artifacts/``.
 ``APNB_BROWSER_BOOK=<path of an index.html>`` checks another built book instead (e.g. the demo book).
 """
@@ -52,6 +54,36 @@ def _book_pages(root: Path):
     return pages
 
 
+# what a reader must never meet in a page: a progress bar, a warning, a traceback
+NOISE = re.compile(r"\d+%\|[^|]*\||\d+it/s\]|\[\d+:\d+<|TqdmWarning|IProgress not found|UserWarning|FutureWarning|"
+                   r"DeprecationWarning|RuntimeWarning|Traceback \(most recent call last\)")
+EXPERIMENTS = re.compile(r"notebooks/(0[0-7]|2[0-3])_")  # the chapters that run an experiment
+
+
+def _reader_problems(page, rel: str) -> list[str]:
+    """The reader-facing checks of one page (findings first, citations, no noise, the scorecard)."""
+    out = []
+    text = page.inner_text("main")
+    for m in list(NOISE.finditer(text))[:3]:
+        out.append(f"progress bar or warning text shown: ...{text[max(0, m.start() - 40):m.end() + 20]!r}...")
+    chapter = rel.startswith("notebooks/")
+    if EXPERIMENTS.search(rel):
+        items = page.evaluate("""Array.from(document.querySelectorAll('.admonition'))
+            .filter(a => (a.querySelector('.admonition-title') || {textContent: ''}).textContent.trim().startsWith('Findings'))
+            .map(a => a.querySelectorAll('li').length)""")
+        if not items:
+            out.append("no Findings admonition")
+        elif "00_" not in rel and not max(items):  # 00's findings are a sentence; the others a list of claims
+            out.append("the Findings admonition shows its claims as run-on text, not as a list")
+    if chapter and not page.locator("a[href*='references.html#']").count():
+        out.append("no citation linked to the References page")
+    if rel == "book/intro.html":
+        heads = page.eval_on_selector_all("table th", "els => els.map(e => e.textContent.trim())")
+        if not {"claim", "the paper", "verdict"} <= set(heads):
+            out.append(f"no reproduction scorecard on the introduction (table headers: {heads[:8]})")
+    return out
+
+
 def test_every_page_in_headless_chromium(served):
     from playwright.sync_api import sync_playwright
 
@@ -89,6 +121,7 @@ def test_every_page_in_headless_chromium(served):
                 elif u.fragment and target.suffix == ".html":
                     if not re.search(rf'id="{re.escape(unquote(u.fragment))}"', target.read_text(errors="replace")):
                         problems.append(f"{rel}: link to a missing anchor {href}")
+            problems += [f"{rel}: {p}" for p in _reader_problems(page, rel)]
             if rel == "index.html":
                 page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
             if rel.endswith("01_voc_distillation.html"):

@@ -72,6 +72,9 @@ def test_verdict_carries_its_parts_and_the_scorecard_reads_them():
     rec = {"commit": "abcdef123", "rows": [dict(r, table="verdict") for r in rows]}
     card = report.scorecard({"01_x": rec}, {"01_x": "Distillation"})
     assert list(card["the paper"]) == ["negative, -8.8 points", "positive"]
-    assert card.chapter[0] == "{doc}`Distillation </notebooks/01_x>`" and card.commit[0] == "abcdef1"
+    assert card.chapter[0] == "Distillation" and card.commit[0] == "abcdef1" and card.notebook[0] == "01_x"
+    html = report.scorecard_html(card)
+    assert '<a href="../notebooks/01_x.html">Distillation</a>' in html and "<th>the paper</th>" in html
+    assert "commit" not in html and "&lt;" not in html
     with pytest.raises(ValueError, match="re-run it"):
         report.scorecard({"01_x": {"rows": []}}, {"01_x": "Distillation"})
