@@ -36,6 +36,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import compression as C
+from . import records
 from .config import atomic_torch_save, resolve_device, store_dir
 from .matching import AttributionMatching
 from .models import ModelError
@@ -517,6 +518,7 @@ class Store:
                            "extra": json.dumps(extra or {}, default=str)}, p)
         for resume in p.parent.glob("*.ckpt"):  # superseded: they hold optimizer state, 2-3x the network
             resume.unlink(missing_ok=True)
+        records.tally("trained")
         return p
 
     def load(self, kind: str, cfg: dict, model: nn.Module) -> dict | None:
@@ -524,4 +526,5 @@ class Store:
         if not p.exists():
             return None
         ck = load_checkpoint(p, model)
+        records.tally("loaded")
         return json.loads(ck.get("extra", "{}"))

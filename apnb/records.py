@@ -49,6 +49,18 @@ def log(table: str, rows: Iterable[dict], path: str | os.PathLike | None = None)
     atomic_write_text(p, json.dumps(rec, indent=1))
 
 
+def tally(counter: str) -> None:
+    """Count one event in the record's ``store`` header (``trained``, ``loaded``: networks of the checkpoint
+    store), for the book's execution page. Only inside ``apnb run`` (``$APNB_RECORD`` set); else nothing."""
+    if ENV not in os.environ or os.environ.get("RANK", "0") != "0":  # one writer under torchrun
+        return
+    p = record_path()
+    rec = load(p)
+    store = rec.setdefault("store", {})
+    store[counter] = store.get(counter, 0) + 1
+    atomic_write_text(p, json.dumps(rec, indent=1))
+
+
 def log_frame(table: str, df, id_cols: list[str], path=None) -> None:
     """Log a wide pandas frame: every non-id column becomes a metric."""
     long = df.melt(id_vars=id_cols, var_name="metric", value_name="value")

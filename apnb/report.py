@@ -203,3 +203,16 @@ def scorecard_html(card: pd.DataFrame, href: str = "../notebooks/{notebook}.html
     shown["chapter"] = [f'<a href="{href.format(notebook=n)}">{html.escape(t)}</a>'
                         for n, t in zip(card.notebook, card.chapter)]
     return shown.to_html(index=False, escape=False, border=0, classes="scorecard")
+
+
+def execution_table(records: dict[str, dict]) -> pd.DataFrame:
+    """One row per executed notebook (``records``: notebook stem -> run record): profile, commit, when it
+    finished (UTC), wall time, and how many networks it trained and how many it reloaded from the store."""
+    rows = []
+    for nb, rec in records.items():
+        store = rec.get("store", {})
+        rows.append({"notebook": nb, "profile": rec.get("profile", ""), "commit": rec.get("commit", "")[:7],
+                     "finished (UTC)": rec.get("finished_at", "not recorded").replace("T", " ").rstrip("Z"),
+                     "minutes": round(rec.get("wall_time_s", float("nan")) / 60, 1),
+                     "networks trained": store.get("trained", 0), "networks reloaded": store.get("loaded", 0)})
+    return pd.DataFrame(rows)

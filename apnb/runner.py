@@ -196,7 +196,8 @@ def run_notebook(nb: str | Path, profile: str = "demo", overrides: dict | None =
             effective = {**notebook_parameters(nb), **params}
             records.finalize(tmp_rec, notebook=nb.name, profile=profile, parameters=effective, overrides=params,
                              seed=effective.get("seed", effective.get("seeds")), commit=records.git_commit(repo_root()),
-                             wall_time_s=round(wall, 1), python=sys.version.split()[0])
+                             wall_time_s=round(wall, 1), python=sys.version.split()[0],
+                             finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             os.replace(tmp_rec, rec)
     finally:
         if env_before is None:

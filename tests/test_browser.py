@@ -66,7 +66,7 @@ def _reader_problems(page, rel: str) -> list[str]:
     text = page.inner_text("main")
     for m in list(NOISE.finditer(text))[:3]:
         out.append(f"progress bar or warning text shown: ...{text[max(0, m.start() - 40):m.end() + 20]!r}...")
-    chapter = rel.startswith("notebooks/")
+    chapter = re.match(r"notebooks/[0-2]\d_", rel)  # the book's chapters (30 is the execution page)
     if EXPERIMENTS.search(rel):
         items = page.evaluate("""Array.from(document.querySelectorAll('.admonition'))
             .filter(a => (a.querySelector('.admonition-title') || {textContent: ''}).textContent.trim().startsWith('Findings'))

@@ -40,7 +40,7 @@ def _finite(v):
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_and_records(nb, smoke_runs):
     rec = smoke_runs[nb.stem]
-    for key in ("notebook", "profile", "parameters", "commit", "wall_time_s", "rows"):
+    for key in ("notebook", "profile", "parameters", "commit", "wall_time_s", "finished_at", "rows"):
         assert key in rec, f"{nb.name} record lacks {key}"
     assert rec["profile"] == "smoke" and rec["rows"]
     executed = nbformat.read(runner.runs_dir("smoke") / nb.name, 4)
@@ -71,6 +71,8 @@ def test_distillation_record_structure(smoke_runs):
     runs = {(r["student"], r["method"], r["seed"]) for r in rec["rows"] if r["table"] == "runs"}
     main = [s for s in runs if s[0] == f"VGG16/{p['main_div']}"]
     assert len(main) == len(p["methods"]) * len(p["seeds"])
+    store = rec["store"]  # the execution page's counts: at least the teacher is reloaded from the store
+    assert store.get("loaded", 0) >= 1 and store.get("trained", 0) + store.get("loaded", 0) >= 1 + len(runs)
 
 
 @pytest.mark.book

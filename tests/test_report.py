@@ -78,3 +78,23 @@ def test_verdict_carries_its_parts_and_the_scorecard_reads_them():
     assert "commit" not in html and "&lt;" not in html
     with pytest.raises(ValueError, match="re-run it"):
         report.scorecard({"01_x": {"rows": []}}, {"01_x": "Distillation"})
+
+
+def test_execution_table_and_store_tally(tmp_path, monkeypatch):
+    from apnb import records
+
+    rec = tmp_path / "r.json"
+    records.tally("trained")  # outside `apnb run`: nothing is written anywhere
+    assert not rec.exists() and not (tmp_path / "results.json").exists()
+    monkeypatch.setenv(records.ENV, str(rec))
+    for c in ("trained", "loaded", "loaded"):
+        records.tally(c)
+    records.log("t", [{"metric": "m", "value": 1}])
+    monkeypatch.setenv("RANK", "1")
+    records.tally("loaded")  # a second torchrun rank does not write
+    r = records.finalize(rec, profile="demo", commit="0123456789", wall_time_s=90.0, finished_at="2026-12-01T10:00:00Z")
+    assert r["store"] == {"trained": 1, "loaded": 2} and len(r["rows"]) == 1
+    t = report.execution_table({"01_x": r, "02_y": {"profile": "demo"}})
+    assert t.iloc[0].to_dict() == {"notebook": "01_x", "profile": "demo", "commit": "0123456", "finished (UTC)":
+                                   "2026-12-01 10:00:00", "minutes": 1.5, "networks trained": 1, "networks reloaded": 2}
+    assert t.iloc[1]["networks trained"] == 0 and t.iloc[1]["finished (UTC)"] == "not recorded"
