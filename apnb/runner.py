@@ -154,6 +154,20 @@ def runs_dir(profile: str) -> Path:
     return repo_root() / "build" / "runs" / profile
 
 
+def run_records(profile: str, stems) -> dict[str, dict]:
+    """The run records of the notebooks ``stems`` at ``profile`` (stem -> record), for the pages that summarise
+    other chapters; a missing one is a one-line error naming the command that writes it."""
+    runs = runs_dir(profile)
+    out = {}
+    for stem in stems:
+        path = runs / f"{stem}.results.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `apnb run notebooks/{stem}.ipynb --profile {profile}` "
+                                    f"first (the book command runs the notebooks in table-of-contents order)")
+        out[stem] = json.loads(path.read_text())
+    return out
+
+
 def run_notebook(nb: str | Path, profile: str = "demo", overrides: dict | None = None, force: bool = False,
                  out_dir: Path | None = None, log=print) -> Path:
     """Execute one notebook at ``profile`` into the runs folder; skip it when nothing it depends on changed."""

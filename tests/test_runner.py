@@ -116,3 +116,12 @@ def test_for_readers_folds_parameters_removes_imports_and_progress_widgets(tmp_p
                                                           ["injected-parameters", "hide-cell"], []]
     assert [o["output_type"] for o in out.cells[3].outputs] == ["execute_result"]  # the bar is gone, the result kept
     assert nbformat.read(tmp_path / "ex.ipynb", as_version=4).cells[0].metadata.get("tags") is None  # source untouched
+
+
+def test_run_records_reads_each_or_names_the_command(mini_repo):
+    runs = runner.runs_dir("p")
+    runs.mkdir(parents=True)
+    (runs / "n1.results.json").write_text(json.dumps({"rows": [], "commit": "abc"}))
+    assert runner.run_records("p", ["n1"]) == {"n1": {"rows": [], "commit": "abc"}}
+    with pytest.raises(FileNotFoundError, match=r"n2.results.json is missing: run `apnb run notebooks/n2.ipynb --profile p`"):
+        runner.run_records("p", ["n1", "n2"])
