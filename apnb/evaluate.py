@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from . import metrics as Mt
@@ -126,6 +127,35 @@ def localization(model, loc_set, device="auto", batch_size=64, attr=None, tolera
         maps_all.append(maps)
         offset += len(x)
     return LocResult(pd.DataFrame(rows), torch.cat(maps_all))
+
+
+def mass_shares(loc: LocResult, loc_set, cue) -> dict:
+    """Where each map's mass lies (the "right for the right reasons" chapter): over the correctly predicted
+    (image, class) pairs of ``loc``, the mean share of the ReLU'd, upsampled map's sum that falls on the
+    pair's object mask (``mass_object``) and on the image's cue boxes outside every object and void pixel
+    (``mass_cue``). ``cue``: boolean [N,H,W] of ``loc_set``'s images
+    (:func:`apnb.data.synthetic.cue_regions`). A map that sums to 0 is left out."""
+    segs = torch.stack([torch.as_tensor(loc_set[i][2]) for i in range(len(loc_set))]).long()
+    cue = torch.as_tensor(np.asarray(cue), dtype=torch.bool)
+    if cue.shape != segs.shape:
+        if cue.shape[0] != segs.shape[0]:
+            raise Mt.MetricError(f"{cue.shape[0]} cue masks for {segs.shape[0]} localization images: give the cue "
+                                 f"regions of the same images (cue_regions(root, 'val', n=len(loc_set)))")
+        cue = F.interpolate(cue[:, None].float(), size=segs.shape[-2:], mode="nearest")[:, 0].bool()
+    p = loc.pairs
+    if len(p) == 0:
+        return {"mass_object": float("nan"), "mass_cue": float("nan")}
+    img = torch.from_numpy(p.img.to_numpy(dtype=np.int64, copy=True))
+    seg = segs[img]
+    maps = Mt.upsample(loc.maps, seg.shape[-2:]).clamp(min=0)
+    obj = seg == torch.from_numpy(p.cls.to_numpy(dtype=np.int64, copy=True))[:, None, None] + 1
+    background_cue = cue[img] & (seg == 0)
+    total = maps.flatten(1).sum(1)
+    keep = torch.from_numpy(p.predicted.to_numpy(dtype=bool, copy=True)) & (total > 0)
+    if not keep.any():
+        return {"mass_object": float("nan"), "mass_cue": float("nan")}
+    share = lambda m: float(((maps * m).flatten(1).sum(1)[keep] / total[keep]).mean())
+    return {"mass_object": share(obj), "mass_cue": share(background_cue)}
 
 
 def similarity(teacher: LocResult, student: LocResult, strict: bool = True) -> dict:

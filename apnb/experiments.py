@@ -56,6 +56,8 @@ def voc_data(data_root: str, synth: dict | None, image_size: int, augment: bool 
     if (root / "ImageSets/Main/val_nocue.txt").exists():
         d["val_nocue"] = VOCClassification(root, "val_nocue", **kw)
         d["loc_nocue"] = VOCLocalization(root, "val_nocue", size=image_size, limit=limit)
+    if (root / "ImageSets/Main/val_cueflip.txt").exists():  # val with an absent class's cue (chapter 24)
+        d["val_cueflip"] = VOCClassification(root, "val_cueflip", **kw)
     d["classes"] = d["train"].classes
     d["id"] = _data_id(root, d["train"])
     return d
@@ -371,6 +373,33 @@ def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", a
         if reference.top1 is not None and loc.top1 is not None:
             row.update(E.top1_similarity(reference.top1, loc.top1))
     return row, loc
+
+
+def shortcut_row(model, data: dict, loc: E.LocResult, layer: str = "last_conv", device="auto") -> dict:
+    """How much a network relies on the context cue, beside :func:`evaluate_model`'s row (whose ``loc`` on the
+    cued val it takes): the "right for the right reasons" chapter.
+
+    - ``gap_nocue`` = mAP - mAP on the val images without their cue; ``mAP_cueflip`` / ``gap_cueflip``: mAP on
+      the same images with an absent class's cue (``val_cueflip``) and the drop to it;
+    - ``mass_object`` / ``mass_cue``: :func:`apnb.evaluate.mass_shares` on the cued localization set;
+    - ``AUC_nocue`` / ``point_acc_tol_nocue``: localization on the cue-free copy.
+
+    Real VOC has none of these copies: every value is then NaN, so tables keep their columns."""
+    nan = float("nan")
+    row = dict.fromkeys(["mAP", "gap_nocue", "mAP_cueflip", "gap_cueflip", "mass_object", "mass_cue", "AUC_nocue",
+                         "point_acc_tol_nocue"], nan)
+    row["mAP"] = E.prediction_metrics(model, data["val"], device)["mAP"]
+    if "val_nocue" in data:
+        row["gap_nocue"] = row["mAP"] - E.prediction_metrics(model, data["val_nocue"], device)["mAP"]
+        s = E.localization(model, data["loc_nocue"], device, attr=E.attribution_fn("gradcam", layer)).summary(strict=False)
+        row["AUC_nocue"], row["point_acc_tol_nocue"] = s["AUC"], s["point_acc_tol"]
+    if "val_cueflip" in data:
+        row["mAP_cueflip"] = E.prediction_metrics(model, data["val_cueflip"], device)["mAP"]
+        row["gap_cueflip"] = row["mAP"] - row["mAP_cueflip"]
+    if (Path(data["root"]) / "apnb_synth.json").exists():
+        cue = synthetic.cue_regions(data["root"], "val", n=len(data["loc"]))
+        row.update(E.mass_shares(loc, data["loc"], cue))
+    return row
 
 
 def evaluate_models(models: dict, data: dict, teacher_name: str = "teacher", layer: str = "last_conv",

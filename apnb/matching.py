@@ -11,7 +11,16 @@ kind               maps                                            paper
 ``sswa_coded``     as swa, a fixed fraction p of the teacher's     the authors' code (not Eq. 6)
                    channels zeroed, same for the whole batch
 ``grad_at``        the input gradient of the task loss             Zagoruyko & Komodakis' gradient AT
+``e2kd``           as swa, resized to the input size; the loss is  Parchami-Araghi et al., ECCV 2024
+                   ``mean_b (1 - cos(M_s, M_t))``                  (explanation-enhanced KD), not the paper
 =================  ==============================================  =======================================
+
+**e2KD is Eq. 2 with three differences.** Per sample, ``1 - cos(a, b) = 1/2 || a/||a|| - b/||b|| ||^2``, so
+e2KD's loss is the SWA term of Eq. 2 with (i) a per-sample reduction (the squared distance summed over
+the map, halved, averaged over the batch, against the authors' mean over B x H x W), (ii) maps bilinearly
+resized to the input size before the comparison, and (iii) its own weight: 1 in the e2KD authors' code
+(``explanation_loss_coef``, m-parchami/GoodTeachersExplain), against SWA's 50. The B-cos networks of that
+paper are not used here.
 
 **Reduction and the scale of beta.** With ``reduction="mean"`` (default) the squared difference of the
 normalised maps is averaged over batch x H x W elements, as the authors' ``cal_l2loss`` / attention
@@ -35,8 +44,8 @@ import torch.nn.functional as F
 from .gradcam import Tap, frozen, target_scores, weighted_maps
 from .models import ModelError, layer_alias
 
-KINDS = ("none", "ewa", "swa", "sswa", "sswa_coded", "grad_at")
-DEFAULT_BETA = {"none": 0.0, "ewa": 100.0, "swa": 50.0, "sswa": 50.0, "sswa_coded": 50.0, "grad_at": 50.0}
+KINDS = ("none", "ewa", "swa", "sswa", "sswa_coded", "grad_at", "e2kd")
+DEFAULT_BETA = {"none": 0.0, "ewa": 100.0, "swa": 50.0, "sswa": 50.0, "sswa_coded": 50.0, "grad_at": 50.0, "e2kd": 1.0}
 
 
 def squared_normalized_l2(ms: torch.Tensor, mt: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -45,6 +54,16 @@ def squared_normalized_l2(ms: torch.Tensor, mt: torch.Tensor, reduction: str = "
     :func:`apnb.metrics.normalized_l2` (Table 2's l2) is the unsquared per-sample norm, (teacher, student)."""
     d = (F.normalize(ms.flatten(1), dim=1) - F.normalize(mt.flatten(1), dim=1)).pow(2)
     return d.mean() if reduction == "mean" else d.sum(1).mean()
+
+
+def cosine_distance(ms: torch.Tensor, mt: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """e2KD's explanation loss: ``mean_b (1 - cos(ms_b, mt_b))``, after resizing both [B,h,w] maps to ``size``
+    (bilinear; the e2KD authors resize to the input). Equals ``1/2`` :func:`squared_normalized_l2` with
+    ``reduction="sum"`` on the resized maps."""
+    if size is not None and tuple(ms.shape[-2:]) != tuple(size):
+        ms = F.interpolate(ms[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        mt = F.interpolate(mt[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return (1 - F.cosine_similarity(ms.flatten(1), mt.flatten(1), dim=1, eps=1e-12)).mean()
 
 
 @dataclass
@@ -243,7 +262,10 @@ class AttributionMatching:
                     tmask = self._coded(b, c_t, a_t.device)
                 m_t = weighted_maps(a_t, g_t, cfg.relu, cfg.per_neuron, tmask)
                 m_s = weighted_maps(a_s, g_s, cfg.relu, cfg.per_neuron, smask)
-                loss = loss + squared_normalized_l2(m_s, m_t, cfg.reduction)
+                if cfg.kind == "e2kd":
+                    loss = loss + cosine_distance(m_s, m_t, tuple(x.shape[-2:]))
+                else:
+                    loss = loss + squared_normalized_l2(m_s, m_t, cfg.reduction)
         return s_logits, t_logits, loss / cfg.topk
 
     def _grad_at(self, student, teacher, x, y, task_loss):

@@ -138,9 +138,13 @@ def paired_by_seed(df: pd.DataFrame, metric: str, a: str, b: str, col: str = "me
 
 def side_by_side(ours: pd.DataFrame, paper_df: pd.DataFrame, keys: list[str], metrics: dict[str, tuple[float, int]],
                  teacher: dict | None = None) -> pd.DataFrame:
-    """Our summary (from :func:`summarize`) beside the paper's table, one ``<m> (ours)`` / ``<m> (paper)`` pair
-    per metric. ``metrics`` maps a metric to ``(scale, digits)`` for our numbers (100 for %, 1 for cos/l2).
-    ``teacher``: an optional first row of our teacher's values (no interval), matched to the paper's
+    """Our summary (from :func:`summarize`) beside the paper's table: two rows per line, ``ours`` (mean ± the
+    95 % half-width over seeds) and ``paper`` (the paper's number), one column per metric, indexed by
+    ``(*keys, "source")``. A table as narrow as its metrics, so that it fits the page.
+
+    ``metrics`` maps a metric to ``(scale, digits)`` for our numbers (100 for %, 1 for cos/l2); a metric the
+    paper does not report, or a value we do not have (cos of the teacher to itself), is left blank.
+    ``teacher``: an optional first line of our teacher's values (no interval), matched to the paper's
     ``teacher`` row."""
     p = paper_df.set_index(keys)
     rows = []
@@ -148,13 +152,43 @@ def side_by_side(ours: pd.DataFrame, paper_df: pd.DataFrame, keys: list[str], me
     for r in lines:
         key = tuple(r[k] for k in keys)
         key = key[0] if len(keys) == 1 else key
-        out = {k: r[k] for k in keys}
+        mine = {k: r[k] for k in keys} | {"source": "ours"}
+        theirs = {k: r[k] for k in keys} | {"source": "paper"}
         for m, (scale, digits) in metrics.items():
-            mu = r.get(m)  # absent (e.g. cos for the teacher itself): left blank
-            out[f"{m} (ours)"] = "" if mu is None else fmt(mu, r.get(m + "_ci", float("nan")), scale, digits)
+            mu = r.get(m)
+            mine[m] = "" if mu is None else fmt(mu, r.get(m + "_ci", float("nan")), scale, digits)
             val = p.loc[key, m] if key in p.index and m in p.columns else ""
-            out[f"{m} (paper)"] = "" if isinstance(val, float) and math.isnan(val) else val
-        rows.append(out)
+            theirs[m] = "" if isinstance(val, float) and math.isnan(val) else str(val)
+        rows += [mine, theirs]
+    return pd.DataFrame(rows).set_index([*keys, "source"])
+
+
+def formatted(summ: pd.DataFrame, keys: list[str], metrics: dict[str, tuple[float, int]]) -> pd.DataFrame:
+    """:func:`summarize`'s output as a reader's table: ``mean ± 95 % half-width`` per metric (``metrics`` maps a
+    metric to ``(scale, digits)``), indexed by ``keys``."""
+    out = summ[keys].copy()
+    for m, (scale, digits) in metrics.items():
+        out[m] = [fmt(r[m], r.get(m + "_ci", float("nan")), scale, digits) for r in summ.to_dict("records")]
+    return out.set_index(keys)
+
+
+def paired_against(df: pd.DataFrame, metrics: list[str], baseline: str, others: list[str], col: str = "method",
+                   by: str | None = None) -> pd.DataFrame:
+    """Each of ``others`` minus ``baseline``, paired on ``seed``, for every metric (and every value of ``by``):
+    one row with the difference, its 95 % half-width, the paired t-test p and the Holm-adjusted p, where the
+    family of a Holm correction is one metric (within one ``by`` group) over the ``others``."""
+    rows = []
+    groups = df.groupby(by, sort=False) if by else [(None, df)]
+    for g, d in groups:
+        for m in metrics:
+            fam = []
+            for o in others:
+                r = paired_by_seed(d, m, baseline, o, col)
+                fam.append({**({by: g} if by else {}), "metric": m, col: o, "diff": r["diff"], "ci": r["ci"],
+                            "n": r["n"], "p": r["p"]})
+            for row, ph in zip(fam, holm([r["p"] for r in fam])):
+                row["p_holm"] = ph
+            rows += fam
     return pd.DataFrame(rows)
 
 

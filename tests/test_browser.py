@@ -3,7 +3,9 @@
 Checks on every page of the book: no error or traceback output, every image loaded, every internal link
 (and its #anchor) resolves, equations rendered by MathJax, and no request for any host but 127.0.0.1.
 For readers: no progress bar or warning text, a Findings admonition on every experiment chapter, at least
-one citation per chapter linked to the References page, and the scorecard on the introduction.
+one citation per chapter linked to the References page, the scorecard on the introduction, and no table wider
+than the text column (at a 1280 px window), no 0, 1, 2, ... index column, and every figure numbered,
+captioned and referred to from the text.
 Screenshots of the home page and one results page go to ``build/test-artifacts/``.
 ``APNB_BROWSER_BOOK=<path of an index.html>`` checks another built book instead (e.g. the demo book).
 """
@@ -75,6 +77,35 @@ def _reader_problems(page, rel: str) -> list[str]:
             out.append("no Findings admonition")
         elif "00_" not in rel and not max(items):  # 00's findings are a sentence; the others a list of claims
             out.append("the Findings admonition shows its claims as run-on text, not as a list")
+    wide = page.evaluate("""(() => {
+        const col = document.querySelector('article.bd-article') || document.querySelector('main');
+        const w = col.clientWidth;
+        return Array.from(col.querySelectorAll('table'))
+            .map(t => ({w: Math.round(t.getBoundingClientRect().width), cols: t.rows.length ? t.rows[t.rows.length - 1].cells.length : 0,
+                        head: (t.querySelector('th') || {textContent: ''}).textContent.trim().slice(0, 30)}))
+            .filter(t => t.w > w + 2).map(t => ({...t, col: w}));
+    })()""")
+    out += [f"a table is wider than the page's text column ({t['w']} px, {t['cols']} columns, first header "
+            f"{t['head']!r}; the column is {t['col']} px)" for t in wide]
+    # a DataFrame's 0, 1, 2, ... row labels are not information: a reader should not meet an index column
+    counters = page.evaluate("""Array.from(document.querySelectorAll('main table')).filter(t => {
+        const labels = Array.from(t.querySelectorAll('tbody tr')).map(r => r.cells[0]).filter(c => c && c.tagName === 'TH')
+            .map(c => c.textContent.trim());
+        return labels.length > 1 && labels.every((s, i) => s === String(i));
+    }).length""")
+    if counters:
+        out.append(f"{counters} table(s) show a 0, 1, 2, ... index column")
+    # every figure a notebook draws is numbered, captioned and referred to from the text
+    for f in page.evaluate("""Array.from(document.querySelectorAll('main .cell_output img')).map(img => {
+        const fig = img.closest('figure');
+        const id = fig ? (fig.id || (fig.querySelector('[id]') || {id: ''}).id) : '';
+        return {src: img.getAttribute('src').split('/').pop(), numbered: !!(fig && fig.querySelector('figcaption .caption-number')),
+                cited: !!(id && document.querySelector('a[href="#' + id + '"]'))};
+    })"""):
+        if not f["numbered"]:
+            out.append(f"figure {f['src']} has no number and caption")
+        elif not f["cited"]:
+            out.append(f"figure {f['src']} is not referred to from the text")
     if chapter and not page.locator("a[href*='references.html#']").count():
         out.append("no citation linked to the References page")
     if rel == "book/intro.html":

@@ -33,6 +33,70 @@ def test_deterministic_byte_identical(tmp_path):
     assert _digest(a) != _digest(c)
 
 
+def _cueflip_tree(tmp_path, **extra):
+    kw = dict(classes=6, n_train=4, n_val=24, n_seg=24, n_pretrain=2, size=48, seed=3, context_bias=1.0, **extra)
+    return write_voc(tmp_path / "cf", **kw), kw
+
+
+def test_cueflip_split_is_deterministic_and_changes_only_the_cue(tmp_path):
+    from apnb.data import synthetic as S
+
+    root, kw = _cueflip_tree(tmp_path)
+    again = write_voc(tmp_path / "again", **kw)
+    files = lambda r: sorted(p for p in r.rglob("*") if p.is_file() and "_4" in p.name)  # prefix 4: val_cueflip
+    assert [p.name for p in files(root)] == [p.name for p in files(again)] and files(root)
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(files(root), files(again)))
+    val = (root / "ImageSets/Main/val.txt").read_text().split()
+    flip = (root / "ImageSets/Main/val_cueflip.txt").read_text().split()
+    assert len(flip) == len(val) == 24
+    cues = S.cue_regions(root, "val")
+    assert cues.shape == (24, 48, 48) and cues.any(axis=(1, 2)).all()  # context_bias 1: every image shows a cue
+    assert (S.cue_regions(root, "val_nocue") == 0).all()
+    assert (S.cue_regions(root, "val_cueflip") == cues).all()  # the same boxes, another grating
+    cfg = S.SynthConfig(**kw)
+    changed = 0
+    for i, (a, b) in enumerate(zip(val, flip)):
+        # labels, masks and annotations are those of the val image
+        assert np.array_equal(np.array(Image.open(root / "SegmentationClass" / f"{a}.png")),
+                              np.array(Image.open(root / "SegmentationClass" / f"{b}.png")))
+        assert ET.parse(root / "Annotations" / f"{a}.xml").getroot().findall("object")[0].findtext("name") == \
+            ET.parse(root / "Annotations" / f"{b}.xml").getroot().findall("object")[0].findtext("name")
+        # pixels, before JPEG: identical outside the cue boxes, and each shown cue is an absent class's grating
+        rec = []
+        ia, ma, _ = S.render(np.random.default_rng([cfg.seed, 2, i]), cfg, 1.0, cues=rec)
+        ib, mb, _ = S.render(np.random.default_rng([cfg.seed, 2, i]), cfg, 1.0, flip_cue=True)
+        assert np.array_equal(ma, mb)
+        diff = (ia != ib).any(-1)
+        assert not diff[~cues[i]].any()
+        assert not diff[(ma > 0) & (ma < 255)].any()  # the objects are painted over the cue: untouched
+        present = sorted({c for c, *_ in rec})
+        flipped = S.flipped_classes(present, cfg.classes)
+        assert set(flipped) == set(present) and not set(flipped.values()) & set(present)
+        changed += diff.any()
+    assert changed >= 20
+
+
+def test_flipped_classes_hand_cases():
+    from apnb.data.synthetic import flipped_classes
+
+    assert flipped_classes([0, 1, 3], 6) == {0: 2, 1: 4, 3: 5}
+    assert flipped_classes([2, 2], 4) == {2: 0}
+    assert flipped_classes([0, 1, 2], 4) == {0: 3, 1: 3, 2: 3}  # one class absent: every cue shows it
+    assert flipped_classes([0, 1], 2) == {}  # nothing absent: nothing to flip
+
+
+def test_tree_without_the_cueflip_split_gets_it_added(tmp_path):
+    from apnb.data import synthetic as S
+
+    kw = dict(classes=3, n_train=4, n_val=6, n_seg=6, n_pretrain=2, size=32, seed=2)
+    root = S.ensure(tmp_path / "d", **kw)
+    full = _digest(root)
+    for p in list(root.rglob("*_4*")) + [root / "ImageSets/Main/val_cueflip.txt", root / "ImageSets/Segmentation/val_cueflip.txt"]:
+        p.unlink()  # as a tree written before the split existed
+    assert S.ensure(tmp_path / "d", **kw) == root
+    assert _digest(root) == full
+
+
 def test_layout_and_split_files(synth_root):
     for d in ["JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass"]:
         assert (synth_root / d).is_dir()

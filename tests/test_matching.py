@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from apnb import models as M
 from apnb.gradcam import Tap, gradcam
-from apnb.matching import AttributionMatching, MatchingConfig, squared_normalized_l2
+from apnb.matching import AttributionMatching, MatchingConfig, cosine_distance, squared_normalized_l2
 from apnb.models import ModelError
 
 pytestmark = pytest.mark.unit
@@ -71,7 +71,28 @@ def test_swa_map_is_gradcam():
     assert torch.allclose(loss, squared_normalized_l2(ms, mt), atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["swa", "sswa", "ewa"])
+def test_e2kd_is_one_minus_cosine_of_resized_gradcam_and_half_eq2():
+    """e2KD (Parchami-Araghi et al. 2024): mean_b (1 - cos) of the top-1 Grad-CAM maps resized to the input;
+    per sample that is 1/2 || a/|a| - b/|b| ||^2, i.e. Eq. 2's term with a per-sample (sum) reduction."""
+    t, s = _pair()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        target = t(x).argmax(1)
+    ms, _ = gradcam(s, x, "last_conv", target)
+    mt, _ = gradcam(t, x, "last_conv", target)
+    up = lambda m: F.interpolate(m[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    a, b = up(ms).flatten(1), up(mt).flatten(1)
+    direct = (1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean()  # by hand, not F.cosine_similarity
+    _, _, loss = AttributionMatching(kind="e2kd")(s, x, t)
+    assert torch.allclose(loss, direct, atol=1e-6)
+    assert torch.allclose(loss, 0.5 * squared_normalized_l2(up(ms), up(mt), reduction="sum"), atol=1e-6)
+    assert torch.allclose(cosine_distance(ms, mt), 0.5 * squared_normalized_l2(ms, mt, reduction="sum"), atol=1e-6)
+    assert MatchingConfig(kind="e2kd").beta == 1.0  # the e2KD authors' explanation_loss_coef
+    # the resizing matters: on the 8x8 maps themselves the loss is another number
+    assert not torch.allclose(cosine_distance(ms, mt), loss, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["swa", "sswa", "ewa", "e2kd"])
 def test_gradient_matches_finite_differences(kind):
     t, s = _pair(1, double=True)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
@@ -121,7 +142,7 @@ def test_coded_variant_same_mask_for_batch():
     assert torch.equal(m[0], m[2]) and int((m[0] == 0).sum()) == int(m.shape[1] * 0.25)
 
 
-@pytest.mark.parametrize("kind", ["ewa", "swa", "sswa"])
+@pytest.mark.parametrize("kind", ["ewa", "swa", "sswa", "e2kd"])
 def test_zero_loss_when_student_is_teacher(kind):
     t, _ = _pair()
     s = copy.deepcopy(t)

@@ -36,11 +36,15 @@ def test_paired_diff_and_verdicts():
     assert "contradicts" in report.verdict({"diff": -0.01, "ci": 0.008, "n": 3}, "x", 0)
 
 
-def test_side_by_side_labels_paper_columns():
-    ours = pd.DataFrame([{"method": "naive", "AUC": 0.8, "AUC_ci": 0.01}])
-    t = report.side_by_side(ours, paper.table6_7(), ["method"], {"AUC": (100, 1)}, teacher={"AUC": 0.9})
-    assert list(t.columns) == ["method", "AUC (ours)", "AUC (paper)"]
-    assert t.iloc[0].tolist() == ["teacher", "90.0", 88.79] and t.iloc[1].tolist() == ["naive", "80.0 ± 1.0", 79.98]
+def test_side_by_side_labels_paper_rows():
+    ours = pd.DataFrame([{"method": "naive", "AUC": 0.8, "AUC_ci": 0.01, "cos_top1": 0.5, "cos_top1_ci": 0.02}])
+    t = report.side_by_side(ours, paper.table6_7(), ["method"], {"AUC": (100, 1), "cos_top1": (1, 3)},
+                            teacher={"AUC": 0.9})
+    assert list(t.index.names) == ["method", "source"] and list(t.columns) == ["AUC", "cos_top1"]
+    assert t.loc[("teacher", "ours")].tolist() == ["90.0", ""]  # no interval for the one teacher; no cos to itself
+    assert t.loc[("teacher", "paper")].tolist() == ["88.79", ""]  # the paper reports no top-1 cosine
+    assert t.loc[("naive", "ours")].tolist() == ["80.0 ± 1.0", "0.500 ± 0.020"]
+    assert t.loc[("naive", "paper")].tolist() == ["79.98", ""]
 
 
 def test_holm_matches_hand_computation():
@@ -98,3 +102,20 @@ def test_execution_table_and_store_tally(tmp_path, monkeypatch):
     assert t.iloc[0].to_dict() == {"notebook": "01_x", "profile": "demo", "commit": "0123456", "finished (UTC)":
                                    "2026-12-01 10:00:00", "minutes": 1.5, "networks trained": 1, "networks reloaded": 2}
     assert t.iloc[1]["networks trained"] == 0 and t.iloc[1]["finished (UTC)"] == "not recorded"
+
+
+def test_formatted_and_paired_against_with_holm():
+    df = pd.DataFrame([{"method": m, "seed": s, "x": v} for m, vals in
+                       [("naive", [0.1, 0.2, 0.3]), ("a", [0.2, 0.3, 0.41]), ("b", [0.1, 0.21, 0.3])] for s, v in enumerate(vals)])
+    summ = report.summarize(df, ["method"], ["x"])
+    t = report.formatted(summ, ["method"], {"x": (100, 1)})
+    assert t.loc["naive", "x"] == "20.0 ± 24.8" and list(t.columns) == ["x"]
+    tests = report.paired_against(df, ["x"], "naive", ["a", "b"])
+    a, b = tests.set_index("method").loc["a"], tests.set_index("method").loc["b"]
+    from scipy import stats
+
+    assert a["diff"] == pytest.approx(0.1033, abs=1e-4)
+    assert a["p"] == pytest.approx(stats.ttest_rel([0.2, 0.3, 0.41], [0.1, 0.2, 0.3]).pvalue)
+    # Holm over the two comparisons of one metric: the smaller p doubled, the larger kept (monotone)
+    lo, hi = sorted([a["p"], b["p"]])
+    assert sorted([a["p_holm"], b["p_holm"]]) == pytest.approx([min(1, 2 * lo), max(min(1, 2 * lo), hi)])

@@ -57,7 +57,8 @@ def write_voc_fixture(out: str | Path, n_classes: int = 6, n_train: int = 8, n_v
             f.unlink()
     # real VOC has neither the synthetic splits nor the class list: the loaders take their real-data branch
     for extra in ["apnb_classes.txt", "apnb_synth.json", "ImageSets/Main/pretrain.txt",
-                  "ImageSets/Main/val_nocue.txt", "ImageSets/Segmentation/val_nocue.txt"]:
+                  "ImageSets/Main/val_nocue.txt", "ImageSets/Segmentation/val_nocue.txt",
+                  "ImageSets/Main/val_cueflip.txt", "ImageSets/Segmentation/val_cueflip.txt"]:
         (root / extra).unlink(missing_ok=True)
     dst = Path(out) / "VOCdevkit" / "VOC2012"
     dst.parent.mkdir(parents=True, exist_ok=True)

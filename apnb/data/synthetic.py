@@ -16,8 +16,10 @@ Design (see the book's "Synthetic benchmark" page):
   ImageNet: the teacher is pretrained there, then fine-tuned on the cued ``train`` split.
 - Objects whose visible area is under 25 % of their drawn area are marked ``difficult``.
 
-``cue_free_copy`` re-renders a split with the same seed and no cue: identical objects and clutter, no
-grating, to measure how much a network relies on the cue.
+``val_nocue`` re-renders val with the same seed and no cue: identical objects and clutter, no grating, to
+measure how much a network relies on the cue. ``val_cueflip`` re-renders val with every shown cue replaced
+by the grating of a class *absent* from the image (same box and phase): a network that reads the background
+is misled towards the wrong class. :func:`cue_regions` replays the renderer to give each image's cue boxes.
 
 Everything is a function of ``seed``: re-running with the same arguments gives byte-identical files.
 
@@ -148,8 +150,20 @@ def _border(mask: np.ndarray) -> np.ndarray:
     return inner | outer
 
 
-def render(rng: np.random.Generator, cfg: SynthConfig, context_bias: float, single_object: bool = False):
-    """Render one image. Returns (uint8 HxWx3 image, int HxW class map with 255 void, objects list)."""
+def flipped_classes(present: list[int], k: int) -> dict[int, int]:
+    """The cue-flip map: the i-th present class (in order) shows the grating of the i-th class absent from the
+    image (cyclically when fewer are absent). No class absent: no flip (empty map)."""
+    absent = [c for c in range(k) if c not in set(present)]
+    return {c: absent[i % len(absent)] for i, c in enumerate(sorted(set(present)))} if absent else {}
+
+
+def render(rng: np.random.Generator, cfg: SynthConfig, context_bias: float, single_object: bool = False,
+           flip_cue: bool = False, cues: list | None = None):
+    """Render one image. Returns (uint8 HxWx3 image, int HxW class map with 255 void, objects list).
+
+    ``flip_cue``: each shown cue takes the grating of another class (:func:`flipped_classes`); all random
+    draws are the same, so objects and clutter are identical. ``cues``: a list that receives one
+    ``(class, grating class, y0, x0, h, w, shown)`` tuple per present class."""
     S, K = cfg.size, cfg.classes
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
     base = rng.uniform(0.15, 0.85, 3)
@@ -166,12 +180,16 @@ def render(rng: np.random.Generator, cfg: SynthConfig, context_bias: float, sing
     # context cue: oriented grating per present class, behind the objects
     # cue parameters are drawn whether or not the cue is shown, so that the same seed with context_bias=0
     # renders the same image without its cue (a counterfactual for measuring reliance on the cue)
+    flip = flipped_classes(present, K) if flip_cue else {}
     for c in sorted(set(present)):
         show = rng.random() < context_bias
-        ang = np.pi * c / K
+        g = flip.get(c, c) if show else c
+        ang = np.pi * g / K
         phase = rng.uniform(0, 2 * np.pi)
         h, w = rng.integers(S // 2, S + 1, 2)
         y0, x0 = rng.integers(0, S - h + 1), rng.integers(0, S - w + 1)
+        if cues is not None:
+            cues.append((c, g, int(y0), int(x0), int(h), int(w), bool(show)))
         if show:
             grating = np.sin(2 * np.pi * (np.cos(ang) * xx + np.sin(ang) * yy) / cfg.cue_period + phase)
             box = np.zeros((S, S), bool)
@@ -287,8 +305,9 @@ def write_voc(out: str | Path, cfg: SynthConfig | None = None, **kw) -> Path:
     """Write the VOC-format tree under ``out/VOCdevkit/VOC2012`` and return that root.
 
     Splits: ``pretrain`` (cue-free, stands in for ImageNet), ``train`` and ``val`` (cued with
-    ``context_bias``) and ``val_nocue`` (the val images re-rendered without their cue); the first ``n_seg``
-    of val / val_nocue are listed in ``ImageSets/Segmentation/{val,val_nocue}.txt``. Atomic and locked.
+    ``context_bias``), ``val_nocue`` (the val images re-rendered without their cue) and ``val_cueflip``
+    (re-rendered with another class's cue); the first ``n_seg`` of each val copy are listed in
+    ``ImageSets/Segmentation/<split>.txt``. Atomic and locked.
     """
     cfg = cfg or SynthConfig(**kw)
     cfg.validate()
@@ -303,40 +322,76 @@ def _write_voc(out: Path, cfg: SynthConfig) -> Path:
     return final
 
 
+# split: (context bias, random stream, file prefix, flip the cue); the val copies re-render val's streams
+SPLITS = {"pretrain": (0.0, 0, 0, False), "train": (None, 1, 1, False), "val": (None, 2, 2, False),
+          "val_nocue": (0.0, 2, 3, False), "val_cueflip": (None, 2, 4, True)}
+
+
+def _split_count(cfg: SynthConfig, split: str) -> int:
+    return {"pretrain": cfg.n_pretrain, "train": cfg.n_train}.get(split, cfg.n_val)
+
+
+def _render_split(root: Path, cfg: SynthConfig, split: str) -> None:
+    """One split's images, annotations, masks and lists; the split's main list is written last (atomically),
+    so a split whose list exists is complete."""
+    from ..config import atomic_write_text
+
+    q, stream, prefix, flip = SPLITS[split]
+    q = cfg.context_bias if q is None else q
+    names = class_names(cfg.classes)
+    pal = voc_palette()
+    ids, labels = [], []
+    for i in range(_split_count(cfg, split)):
+        # one independent stream per image: deterministic and order-free
+        rng = np.random.default_rng([cfg.seed, stream, i])
+        name = f"{2012}_{prefix}{i:06d}"
+        img, cls_map, objects = render(rng, cfg, q, flip_cue=flip)
+        Image.fromarray(img).save(root / "JPEGImages" / f"{name}.jpg", quality=cfg.jpeg_quality)
+        (root / "Annotations" / f"{name}.xml").write_text(_xml(name, cfg.size, objects, names))
+        if split.startswith("val") and i < cfg.n_seg:
+            _save_png_palette(root / "SegmentationClass" / f"{name}.png", cls_map, pal)
+        ids.append(name)
+        flags = {}
+        for o in objects:
+            flags[o["cls"]] = max(flags.get(o["cls"], 0), 1 if not o["difficult"] else 0)
+        labels.append(flags)
+    for c, cname in enumerate(names):
+        lines = "".join(f"{x} {labels[j].get(c, -1):2d}\n" for j, x in enumerate(ids))
+        (root / "ImageSets/Main" / f"{cname}_{split}.txt").write_text(lines)
+    if split.startswith("val"):
+        (root / f"ImageSets/Segmentation/{split}.txt").write_text("".join(f"{x}\n" for x in ids[:cfg.n_seg]))
+    atomic_write_text(root / "ImageSets/Main" / f"{split}.txt", "".join(f"{x}\n" for x in ids))
+
+
 def _render_voc(root: Path, cfg: SynthConfig) -> None:
     for d in ["JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass"]:
         (root / d).mkdir(parents=True, exist_ok=True)
-    names = class_names(cfg.classes)
-    pal = voc_palette()
-    # split: (count, context bias, random stream, file prefix); val_nocue re-renders val without its cue
-    splits = {"pretrain": (cfg.n_pretrain, 0.0, 0, 0), "train": (cfg.n_train, cfg.context_bias, 1, 1),
-              "val": (cfg.n_val, cfg.context_bias, 2, 2), "val_nocue": (cfg.n_val, 0.0, 2, 3)}
-    ids: dict[str, list[str]] = {}
-    labels: dict[str, list[dict]] = {}
-    for split, (n, q, stream, prefix) in splits.items():
-        ids[split], labels[split] = [], []
-        for i in range(n):
-            # one independent stream per image: deterministic and order-free
-            rng = np.random.default_rng([cfg.seed, stream, i])
-            name = f"{2012}_{prefix}{i:06d}"
-            img, cls_map, objects = render(rng, cfg, q)
-            Image.fromarray(img).save(root / "JPEGImages" / f"{name}.jpg", quality=cfg.jpeg_quality)
-            (root / "Annotations" / f"{name}.xml").write_text(_xml(name, cfg.size, objects, names))
-            if split.startswith("val") and i < cfg.n_seg:
-                _save_png_palette(root / "SegmentationClass" / f"{name}.png", cls_map, pal)
-            ids[split].append(name)
-            flags = {}
-            for o in objects:
-                flags[o["cls"]] = max(flags.get(o["cls"], 0), 1 if not o["difficult"] else 0)
-            labels[split].append(flags)
-        (root / "ImageSets/Main" / f"{split}.txt").write_text("".join(f"{x}\n" for x in ids[split]))
-        for c, cname in enumerate(names):
-            lines = "".join(f"{x} {labels[split][j].get(c, -1):2d}\n" for j, x in enumerate(ids[split]))
-            (root / "ImageSets/Main" / f"{cname}_{split}.txt").write_text(lines)
-    for split in ("val", "val_nocue"):
-        (root / f"ImageSets/Segmentation/{split}.txt").write_text("".join(f"{x}\n" for x in ids[split][:cfg.n_seg]))
-    (root / "apnb_classes.txt").write_text("".join(f"{c}\n" for c in names))
+    for split in SPLITS:
+        _render_split(root, cfg, split)
+    (root / "apnb_classes.txt").write_text("".join(f"{c}\n" for c in class_names(cfg.classes)))
     (root / "apnb_synth.json").write_text(json.dumps(asdict(cfg), indent=1, sort_keys=True) + "\n")
+
+
+def cue_regions(root: str | Path, split: str = "val", n: int | None = None) -> np.ndarray:
+    """Boolean [N,S,S] masks of where each image of a synthetic split shows its cue (the union of its shown
+    cue boxes; all False where no cue is shown), replayed from the generator's parameters in
+    ``apnb_synth.json``: nothing is stored, and the boxes are exactly those the renderer drew."""
+    root = Path(root)
+    stamp = root / "apnb_synth.json"
+    if not stamp.exists():
+        raise FileNotFoundError(f"{root} has no apnb_synth.json: cue regions exist only for the synthetic benchmark")
+    cfg = SynthConfig(**json.loads(stamp.read_text()))
+    q, stream, _, flip = SPLITS[split]
+    q = cfg.context_bias if q is None else q
+    n = _split_count(cfg, split) if n is None else n
+    out = np.zeros((n, cfg.size, cfg.size), bool)
+    for i in range(n):
+        cues = []
+        render(np.random.default_rng([cfg.seed, stream, i]), cfg, q, flip_cue=flip, cues=cues)
+        for _, _, y0, x0, h, w, shown in cues:
+            if shown:
+                out[i, y0:y0 + h, x0:x0 + w] = True
+    return out
 
 
 def write_imagenet_like(out: str | Path, cfg: SynthConfig | None = None, **kw) -> Path:
@@ -397,6 +452,9 @@ def ensure(out: str | Path, mode: str = "voc", **kw) -> Path:
     stamp = root / "apnb_synth.json"
     with _lock(out):
         if stamp.exists() and json.loads(stamp.read_text()) == asdict(cfg):
+            if mode == "voc" and not (root / "ImageSets/Main/val_cueflip.txt").exists():
+                _render_split(root, cfg, "val_cueflip")  # a tree written before the split existed
+                print(f"apnb: added the val_cueflip split to {root}")
             return root
         t = time.time()
         root = (_write_voc if mode == "voc" else _write_imagenet_like)(Path(out), cfg)
