@@ -172,6 +172,30 @@ def formatted(summ: pd.DataFrame, keys: list[str], metrics: dict[str, tuple[floa
     return out.set_index(keys)
 
 
+PERCENT = ("mAP", "mAP_nocue", "mAP_cueflip", "F1", "image_AP", "top1", "AUC", "point_acc", "point_acc_tol",
+           "point_acc_classmean", "AUC_void_negative", "AUC_nocue", "point_acc_tol_nocue")
+
+
+def table(df: pd.DataFrame, columns: list[str] | None = None, digits: int = 3, percent=PERCENT):
+    """A frame as a reader's table: the chosen ``columns`` (default all), no 0, 1, 2, ... index, fractions in
+    ``percent`` shown as % with one decimal, other floats with ``digits`` decimals, missing values blank."""
+    d = df[columns] if columns is not None else df
+    fmt_map = {c: ("{:.1%}" if c in percent else f"{{:.{digits}f}}") for c in d.columns
+               if pd.api.types.is_float_dtype(d[c])}
+    return d.style.hide(axis="index").format(fmt_map, na_rep="")
+
+
+def row_table(row: dict, metrics: list[str], name: str = "teacher"):
+    """One network's numbers (a :func:`apnb.experiments.evaluate_model` row) as a narrow two-column table."""
+    def show(m, v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "n/a"
+        return f"{v:.1%}" if m in PERCENT else f"{v:,.3f}" if isinstance(v, float) else f"{v:,}"
+
+    out = pd.DataFrame({"metric": list(metrics), name: [show(m, row.get(m)) for m in metrics]})
+    return out.style.hide(axis="index")
+
+
 def paired_against(df: pd.DataFrame, metrics: list[str], baseline: str, others: list[str], col: str = "method",
                    by: str | None = None) -> pd.DataFrame:
     """Each of ``others`` minus ``baseline``, paired on ``seed``, for every metric (and every value of ``by``):

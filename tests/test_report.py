@@ -119,3 +119,10 @@ def test_formatted_and_paired_against_with_holm():
     # Holm over the two comparisons of one metric: the smaller p doubled, the larger kept (monotone)
     lo, hi = sorted([a["p"], b["p"]])
     assert sorted([a["p_holm"], b["p_holm"]]) == pytest.approx([min(1, 2 * lo), max(min(1, 2 * lo), hi)])
+
+
+def test_reader_tables_have_no_index_and_formatted_numbers():
+    html = report.table(pd.DataFrame({"method": ["naive"], "AUC": [0.8123], "cos": [0.51234], "n": [3]})).to_html()
+    assert "81.2%" in html and "0.512" in html and ">0<" not in html  # no row label 0
+    html = report.row_table({"mAP": 0.9, "params": 1234567, "cos": float("nan")}, ["mAP", "params", "cos"]).to_html()
+    assert "90.0%" in html and "1,234,567" in html and "n/a" in html and ">0<" not in html
