@@ -69,6 +69,30 @@ def p2_summary(teacher: dict, students: list[dict]) -> dict:
     return out
 
 
+def p2_table(summary: dict):
+    """:func:`p2_summary` as a reader's table: each condition of P2, what it requires, this run's value (points,
+    mean ± 95 % half-width over seeds) and whether it holds."""
+    import pandas as pd
+
+    def val(k):
+        m, h = summary[k], summary[k + "_ci"]
+        return "n/a" if np.isnan(m) else f"{100 * m:.1f}" + ("" if np.isnan(h) else f" ± {100 * h:.1f}")
+
+    def ok(k, lo=None, hi=None):
+        m, h = summary[k], summary[k + "_ci"]
+        if np.isnan(m) or (lo is not None and np.isnan(h)):
+            return False
+        return bool((hi is None or m <= hi) and (lo is None or (m >= lo and m - h > 0)))
+
+    rows = [("mAP loss vs the teacher", f"<= {100 * P2['map_loss_max']:.0f}", val("map_loss"), ok("map_loss", hi=P2["map_loss_max"])),
+            ("AUC drop", f">= {100 * P2['auc_drop_min']:.0f}, interval > 0", val("auc_drop"), ok("auc_drop", lo=P2["auc_drop_min"])),
+            ("pointing drop (book's tolerance)", f">= {100 * P2['point_drop_min']:.0f}, interval > 0", val("point_drop"),
+             ok("point_drop", lo=P2["point_drop_min"])),
+            ("extra cue gap (mAP - mAP_nocue)", "interval > 0", val("extra_gap"), ok("extra_gap", lo=0.0))]
+    out = pd.DataFrame(rows, columns=["premise P2", "required (points)", f"this run ({summary['n']} seeds)", "holds"])
+    return out.style.hide(axis="index")
+
+
 def load_plan(path: str | Path = "profiles/calibrate.yml") -> dict:
     plan = yaml.safe_load(Path(path).read_text())
     for k in ("base", "steps", "record"):

@@ -57,6 +57,19 @@ def _read(s):
     return pd.read_csv(io.StringIO(s))
 
 
+def difference(table: pd.DataFrame, metric: str, a: dict, b: dict) -> float:
+    """The paper's ``b - a`` for one metric of one of its tables, the rows picked by column values (e.g.
+    ``difference(table6_7(), "AUC", {"method": "teacher"}, {"method": "naive"})`` = -8.81): the numbers that
+    the verdict lines quote come from here, not from the notebooks."""
+    def one(sel):
+        rows = table.loc[(table[list(sel)] == pd.Series(sel)).all(axis=1), metric]
+        if len(rows) != 1:
+            raise KeyError(f"{sel} picks {len(rows)} rows of the paper's table, not one")
+        return float(rows.iloc[0])
+
+    return one(b) - one(a)
+
+
 def table2():
     """Paper Table 2: KD students on PASCAL VOC 2012 (mAP, F1, AUC, point accuracy; %)."""
     return _read(_T2)

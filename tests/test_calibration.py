@@ -71,3 +71,12 @@ def test_demo_profile_is_the_calibrated_setting():
     assert demo["structured_finetune"] == rec["settings"][st_rows[0]["settings"]]["structured_finetune"]
     betas = K.beta_rule([r for r in rec["rows"] if r["role"] in ("kd", "beta")])
     assert demo["beta"] == {m: b for m, b in betas.items()}
+
+
+def test_p2_table_reads_the_summary():
+    from apnb.calibration import p2_summary, p2_table
+
+    t = {"mAP": 0.9, "mAP_nocue": 0.88, "AUC": 0.9, "point_acc_tol": 0.9}
+    st = [{"mAP": 0.82 + 0.002 * i, "mAP_nocue": 0.6, "AUC": 0.8 + 0.003 * i, "point_acc_tol": 0.7 + 0.01 * i} for i in range(5)]
+    html = p2_table(p2_summary(t, st)).to_html()
+    assert "this run (5 seeds)" in html and html.count("True") == 4 and ">0<" not in html

@@ -126,3 +126,11 @@ def test_reader_tables_have_no_index_and_formatted_numbers():
     assert "81.2%" in html and "0.512" in html and ">0<" not in html  # no row label 0
     html = report.row_table({"mAP": 0.9, "params": 1234567, "cos": float("nan")}, ["mAP", "params", "cos"]).to_html()
     assert "90.0%" in html and "1,234,567" in html and "n/a" in html and ">0<" not in html
+
+
+def test_paper_difference_picks_one_row():
+    assert paper.difference(paper.table6_7(), "AUC", {"method": "teacher"}, {"method": "naive"}) == pytest.approx(-8.81)
+    assert paper.difference(paper.table2(), "mAP", {"student": "teacher"},
+                            {"student": "VGG16/8", "method": "naive"}) == pytest.approx(-14.92)
+    with pytest.raises(KeyError, match="picks 3 rows"):  # naive at three student sizes
+        paper.difference(paper.table2(), "mAP", {"student": "teacher"}, {"method": "naive"})
