@@ -200,7 +200,8 @@ def paired_against(df: pd.DataFrame, metrics: list[str], baseline: str, others: 
                    by: str | None = None) -> pd.DataFrame:
     """Each of ``others`` minus ``baseline``, paired on ``seed``, for every metric (and every value of ``by``):
     one row with the difference, its 95 % half-width, the paired t-test p and the Holm-adjusted p, where the
-    family of a Holm correction is one metric (within one ``by`` group) over the ``others``."""
+    family of a Holm correction is one metric (within one ``by`` group) over the ``others``. The metric is in
+    column ``measure`` (a run record's rows already have a ``metric``)."""
     rows = []
     groups = df.groupby(by, sort=False) if by else [(None, df)]
     for g, d in groups:
@@ -208,7 +209,7 @@ def paired_against(df: pd.DataFrame, metrics: list[str], baseline: str, others: 
             fam = []
             for o in others:
                 r = paired_by_seed(d, m, baseline, o, col)
-                fam.append({**({by: g} if by else {}), "metric": m, col: o, "diff": r["diff"], "ci": r["ci"],
+                fam.append({**({by: g} if by else {}), "measure": m, col: o, "diff": r["diff"], "ci": r["ci"],
                             "n": r["n"], "p": r["p"]})
             for row, ph in zip(fam, holm([r["p"] for r in fam])):
                 row["p_holm"] = ph
