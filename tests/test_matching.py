@@ -60,13 +60,19 @@ def test_ewa_equals_attention_transfer():
     assert torch.allclose(loss, ref, atol=1e-7)
 
 
-def test_swa_map_is_gradcam():
+def _pair_gradcam():
+    """A teacher-student pair, a batch, and both networks' Grad-CAM maps of the teacher's top-1 class."""
     t, s = _pair()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         target = t(x).argmax(1)
     ms, _ = gradcam(s, x, "last_conv", target)
     mt, _ = gradcam(t, x, "last_conv", target)
+    return t, s, x, ms, mt
+
+
+def test_swa_map_is_gradcam():
+    t, s, x, ms, mt = _pair_gradcam()
     _, _, loss = AttributionMatching(kind="swa")(s, x, t)
     assert torch.allclose(loss, squared_normalized_l2(ms, mt), atol=1e-6)
 
@@ -74,12 +80,7 @@ def test_swa_map_is_gradcam():
 def test_e2kd_is_one_minus_cosine_of_resized_gradcam_and_half_eq2():
     """e2KD (Parchami-Araghi et al. 2024): mean_b (1 - cos) of the top-1 Grad-CAM maps resized to the input;
     per sample that is 1/2 || a/|a| - b/|b| ||^2, i.e. Eq. 2's term with a per-sample (sum) reduction."""
-    t, s = _pair()
-    x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        target = t(x).argmax(1)
-    ms, _ = gradcam(s, x, "last_conv", target)
-    mt, _ = gradcam(t, x, "last_conv", target)
+    t, s, x, ms, mt = _pair_gradcam()
     up = lambda m: F.interpolate(m[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
     a, b = up(ms).flatten(1), up(mt).flatten(1)
     direct = (1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean()  # by hand, not F.cosine_similarity
