@@ -136,7 +136,7 @@ def mass_shares(loc: LocResult, loc_set, cue) -> dict:
     (``mass_cue``). ``cue``: boolean [N,H,W] of ``loc_set``'s images
     (:func:`apnb.data.synthetic.cue_regions`). A map that sums to 0 is left out."""
     segs = torch.stack([torch.as_tensor(loc_set[i][2]) for i in range(len(loc_set))]).long()
-    cue = torch.as_tensor(np.asarray(cue), dtype=torch.bool)
+    cue = torch.tensor(np.asarray(cue), dtype=torch.bool)  # a copy: cue_regions returns a read-only cached array
     if cue.shape != segs.shape:
         if cue.shape[0] != segs.shape[0]:
             raise Mt.MetricError(f"{cue.shape[0]} cue masks for {segs.shape[0]} localization images: give the cue "

@@ -375,9 +375,9 @@ def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", a
     return row, loc
 
 
-def shortcut_row(model, data: dict, loc: E.LocResult, layer: str = "last_conv", device="auto") -> dict:
-    """How much a network relies on the context cue, beside :func:`evaluate_model`'s row (whose ``loc`` on the
-    cued val it takes): the "right for the right reasons" chapter.
+def shortcut_row(model, data: dict, row: dict, loc: E.LocResult, layer: str = "last_conv", device="auto") -> dict:
+    """How much a network relies on the context cue, beside its :func:`evaluate_model` ``row`` and ``loc`` (its
+    mAP, mAP_nocue and cued localization are reused, not recomputed): the "right for the right reasons" chapter.
 
     - ``gap_nocue`` = mAP - mAP on the val images without their cue; ``mAP_cueflip`` / ``gap_cueflip``: mAP on
       the same images with an absent class's cue (``val_cueflip``) and the drop to it;
@@ -385,21 +385,19 @@ def shortcut_row(model, data: dict, loc: E.LocResult, layer: str = "last_conv", 
     - ``AUC_nocue`` / ``point_acc_tol_nocue``: localization on the cue-free copy.
 
     Real VOC has none of these copies: every value is then NaN, so tables keep their columns."""
-    nan = float("nan")
-    row = dict.fromkeys(["mAP", "gap_nocue", "mAP_cueflip", "gap_cueflip", "mass_object", "mass_cue", "AUC_nocue",
-                         "point_acc_tol_nocue"], nan)
-    row["mAP"] = E.prediction_metrics(model, data["val"], device)["mAP"]
+    out = dict.fromkeys(["gap_nocue", "mAP_cueflip", "gap_cueflip", "mass_object", "mass_cue", "AUC_nocue",
+                         "point_acc_tol_nocue"], float("nan"))
     if "val_nocue" in data:
-        row["gap_nocue"] = row["mAP"] - E.prediction_metrics(model, data["val_nocue"], device)["mAP"]
+        out["gap_nocue"] = row["mAP"] - row["mAP_nocue"]
         s = E.localization(model, data["loc_nocue"], device, attr=E.attribution_fn("gradcam", layer)).summary(strict=False)
-        row["AUC_nocue"], row["point_acc_tol_nocue"] = s["AUC"], s["point_acc_tol"]
+        out["AUC_nocue"], out["point_acc_tol_nocue"] = s["AUC"], s["point_acc_tol"]
     if "val_cueflip" in data:
-        row["mAP_cueflip"] = E.prediction_metrics(model, data["val_cueflip"], device)["mAP"]
-        row["gap_cueflip"] = row["mAP"] - row["mAP_cueflip"]
+        out["mAP_cueflip"] = E.prediction_metrics(model, data["val_cueflip"], device)["mAP"]
+        out["gap_cueflip"] = row["mAP"] - out["mAP_cueflip"]
     if (Path(data["root"]) / "apnb_synth.json").exists():
         cue = synthetic.cue_regions(data["root"], "val", n=len(data["loc"]))
-        row.update(E.mass_shares(loc, data["loc"], cue))
-    return row
+        out.update(E.mass_shares(loc, data["loc"], cue))
+    return out
 
 
 def evaluate_models(models: dict, data: dict, teacher_name: str = "teacher", layer: str = "last_conv",

@@ -43,9 +43,10 @@ def test_shortcut_row_on_the_synthetic_benchmark(synth_root):
     torch.manual_seed(0)
     model = vgg("vgg16_bn", num_classes=len(data["classes"]), width_div=16, n_pools=2, head_pool=1)
     row, loc = X.evaluate_model(model, data, "last_conv", "cpu")
-    sc = X.shortcut_row(model, data, loc, "last_conv", "cpu")
+    sc = X.shortcut_row(model, data, row, loc, "last_conv", "cpu")
     assert sc["gap_nocue"] == pytest.approx(row["mAP"] - row["mAP_nocue"])
-    assert sc["gap_cueflip"] == pytest.approx(sc["mAP"] - sc["mAP_cueflip"])
+    assert sc["gap_cueflip"] == pytest.approx(row["mAP"] - sc["mAP_cueflip"])
+    assert sc["mAP_cueflip"] == pytest.approx(X.E.prediction_metrics(model, data["val_cueflip"], "cpu")["mAP"])
     for k in ("mass_object", "mass_cue"):
         assert math.isnan(sc[k]) or 0.0 <= sc[k] <= 1.0
     assert not math.isnan(sc["mAP_cueflip"])

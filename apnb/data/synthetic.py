@@ -29,6 +29,7 @@ lock on ``<out>/.apnb-synth.lock`` (the ``filelock`` package), so a reader never
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -375,12 +376,17 @@ def _render_voc(root: Path, cfg: SynthConfig) -> None:
 def cue_regions(root: str | Path, split: str = "val", n: int | None = None) -> np.ndarray:
     """Boolean [N,S,S] masks of where each image of a synthetic split shows its cue (the union of its shown
     cue boxes; all False where no cue is shown), replayed from the generator's parameters in
-    ``apnb_synth.json``: nothing is stored, and the boxes are exactly those the renderer drew."""
-    root = Path(root)
-    stamp = root / "apnb_synth.json"
+    ``apnb_synth.json``: nothing is stored, and the boxes are exactly those the renderer drew. The replay is
+    cached per (parameters, split, n): a chapter that scores many networks renders the boxes once. Read-only."""
+    stamp = Path(root) / "apnb_synth.json"
     if not stamp.exists():
         raise FileNotFoundError(f"{root} has no apnb_synth.json: cue regions exist only for the synthetic benchmark")
-    cfg = SynthConfig(**json.loads(stamp.read_text()))
+    return _cue_regions(stamp.read_text(), split, n)
+
+
+@functools.lru_cache(maxsize=8)
+def _cue_regions(stamp: str, split: str, n: int | None) -> np.ndarray:
+    cfg = SynthConfig(**json.loads(stamp))
     q, stream, _, flip = SPLITS[split]
     q = cfg.context_bias if q is None else q
     n = _split_count(cfg, split) if n is None else n
@@ -391,6 +397,7 @@ def cue_regions(root: str | Path, split: str = "val", n: int | None = None) -> n
         for _, _, y0, x0, h, w, shown in cues:
             if shown:
                 out[i, y0:y0 + h, x0:x0 + w] = True
+    out.setflags(write=False)
     return out
 
 
