@@ -19,7 +19,7 @@ Interpretation" (NeurIPS 2020). Modules:
 - :mod:`apnb.paper`        the paper's reported numbers (quotations, labelled as such wherever shown)
 - :mod:`apnb.records`      run records written beside each executed notebook
 - :mod:`apnb.runner`       papermill execution with profiles and change detection
-- :mod:`apnb.course`       student notebooks without solution cells
+- :mod:`apnb.course`       the course: exercises to student notebooks with otter-grader checks, grading
 """
 
 __version__ = "0.1.0"

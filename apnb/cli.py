@@ -43,8 +43,14 @@ def main(argv=None):
     b.add_argument("--no-run", action="store_true", help="only render what build/runs/<profile> holds")
     b.add_argument("--force", action="store_true", help="re-execute every notebook")
 
-    c = sub.add_parser("course", help="write student notebooks (cells tagged 'solution' removed) into OUT")
-    c.add_argument("out")
+    c = sub.add_parser("course", help="the course: student notebooks with autograded checks (otter-grader)")
+    csub = c.add_subparsers(dest="course_cmd", required=True)
+    cb = csub.add_parser("build", help="write OUT/student (solutions removed, checks kept) and OUT/autograder")
+    cb.add_argument("out")
+    cg = csub.add_parser("grade", help="grade every submitted notebook under SUBMISSIONS; one row per exercise")
+    cg.add_argument("submissions")
+    cg.add_argument("--autograder", required=True, help="OUT/autograder of `apnb course build OUT`")
+    cg.add_argument("--out", help="the CSV of scores (default SUBMISSIONS/scores.csv)")
 
     k = sub.add_parser("calibrate", help="calibrate the embedded benchmark on the paper's premises "
                        "(profiles/calibrate.yml -> its record, read by the book's calibration page)")
@@ -106,11 +112,17 @@ def main(argv=None):
             from . import calibration
 
             calibration.run(calibration.load_plan(args.plan), args.step)
-        elif args.cmd == "course":
-            from .course import write_course
+        elif args.cmd == "course" and args.course_cmd == "build":
+            from . import course
 
-            for p in write_course(args.out, runner.toc_notebooks()):
+            for p in course.build(args.out, runner.toc_notebooks()).values():
                 print(p)
+        elif args.cmd == "course":
+            from . import course
+
+            table = course.grade(args.submissions, args.autograder, args.out)
+            wide = table.pivot_table(index="submission", columns="exercise", values="score", aggfunc="sum")
+            print(wide.to_string())
         elif args.cmd == "data" and args.data_cmd == "synth":
             from .data import synthetic
 

@@ -1,39 +1,295 @@
-"""Student versions of the book's notebooks: cells tagged ``solution`` are replaced by an empty exercise cell.
+"""The course: the book's exercises as student notebooks with autograded checks (otter-grader).
 
-``apnb course OUT`` writes them (fastai's ``clean.py`` habit: course versions are generated, not forked).
-The rendered book shows the solutions folded (``hide-cell``).
+An exercise lives in its chapter, in the form the book renders with sphinx-exercise:
+
+- a Markdown cell with an ``{exercise}`` directive and a ``:label: ex-...``;
+- optional code cells tagged ``exercise`` that build its inputs (shown in the book and to the student);
+- a gated solution: a Markdown cell ``{solution-start} ex-...`` (``:class: dropdown``), code cells tagged
+  ``solution`` (the worked answer), code cells tagged ``check`` (the autograder's tests: asserts whose
+  messages say what to fix; ``metadata.points``, default 1) and a Markdown cell ``{solution-end}``;
+- or, for a question of judgement, a plain ``{solution} ex-...`` directive with the model answer.
+
+Each exercise's own cells import what it uses: the student notebook holds the exercises alone, so
+grading runs in seconds, not the chapter's training. ``apnb course build OUT``
+turns each chapter with exercises into an Otter Assign master notebook (fastai's habit: course versions
+are generated from the book, not forked) and runs Otter Assign on it: ``OUT/student`` holds the student
+notebooks (solutions replaced by ``...``, checks kept and runnable with ``grader.check("...")``),
+``OUT/autograder`` one zip per chapter and the solution notebooks. ``apnb course grade SUBMISSIONS``
+grades every submitted notebook in this environment (Otter's non-containerised grading, no Docker) and
+writes one table of scores, a column per exercise. Judgement questions are not scored: their model
+answers are in the book.
+
+Otter rather than nbgrader: a student's local check (``grader.check``) runs the same tests with the same
+messages as the grader, the tests travel inside the student notebook, and grading a folder needs neither
+a course database nor a server extension.
 """
 from __future__ import annotations
 
+import ast
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+import yaml
+
+_EXERCISE = re.compile(r"^(`{3,}|:{3,})\{exercise\}\s*(?P<title>.*?)\s*$", re.M)
+_LABEL = re.compile(r"^:label:\s*(?P<label>\S+)\s*$", re.M)
+_GATE = re.compile(r"\{solution-(?P<which>start|end)\}\s*(?P<label>\S*)")
+_JUDGEMENT = re.compile(r"\{solution\}\s*(?P<label>\S+)")
+
+
+class CourseError(ValueError):
+    """A chapter's exercise cells are not in the form the course builder reads."""
+
+
+@dataclass
+class Exercise:
+    """One exercise of a chapter. ``checks`` empty: a question of judgement (not scored)."""
+    chapter: str
+    label: str
+    title: str
+    prompt: str
+    setup: list = field(default_factory=list)
+    solution: list = field(default_factory=list)
+    checks: list = field(default_factory=list)
+
+    @property
+    def question(self) -> str:
+        """The Otter question name (``ex-gradcam`` -> ``gradcam``)."""
+        return re.sub(r"\W", "_", self.label.removeprefix("ex-"))
+
+    @property
+    def points(self) -> int:
+        return sum(int(c.metadata.get("points", 1)) for c in self.checks)
+
+    @property
+    def scored(self) -> bool:
+        return bool(self.checks)
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.metadata.get("tags", []))
+
+
+def _prompt_markdown(source: str) -> tuple[str, str, str]:
+    """(label, title, body) of an ``{exercise}`` Markdown cell, as plain Markdown for the student."""
+    m = _EXERCISE.search(source)
+    fence = m.group(1)
+    lab = _LABEL.search(source)
+    if not lab:
+        raise CourseError(f"exercise {m.group('title')!r} has no ':label: ex-...' line: add one")
+    body = source[m.end():]
+    end = body.rfind(fence)
+    body = body[:end] if end >= 0 else body
+    body = "\n".join(l for l in body.splitlines() if not l.startswith(":")).strip()
+    return lab.group("label"), m.group("title"), body
+
+
+def exercises(nb: nbformat.NotebookNode, chapter: str = "") -> list[Exercise]:
+    """The exercises of a chapter notebook, in order; :class:`CourseError` when a cell is out of place."""
+    out: list[Exercise] = []
+    cur: Exercise | None = None
+    gate: str | None = None
+    for i, c in enumerate(nb.cells):
+        src = c.source
+        where = f"{chapter} cell {i}"
+        if c.cell_type == "markdown" and _EXERCISE.search(src):
+            if gate:
+                raise CourseError(f"{where}: an exercise starts inside the solution of {gate}: close it with {{solution-end}}")
+            label, title, body = _prompt_markdown(src)
+            cur = Exercise(chapter, label, title, body)
+            out.append(cur)
+            continue
+        if c.cell_type == "markdown":
+            g = _GATE.search(src)
+            if g and g.group("which") == "start":
+                if cur is None or g.group("label") != cur.label:
+                    raise CourseError(f"{where}: solution-start {g.group('label')!r} does not follow its exercise")
+                gate = cur.label
+            elif g:
+                gate = None
+            elif _JUDGEMENT.search(src) and cur is not None and _JUDGEMENT.search(src).group("label") == cur.label:
+                cur = None
+            continue
+        tags = _tags(c)
+        if "solution" in tags or "check" in tags:
+            if gate is None or cur is None:
+                raise CourseError(f"{where}: a cell tagged solution/check outside a {{solution-start}} ... {{solution-end}} gate")
+            (cur.solution if "solution" in tags else cur.checks).append(c)
+        elif "exercise" in tags:
+            if cur is None:
+                raise CourseError(f"{where}: a cell tagged 'exercise' before any exercise")
+            cur.setup.append(c)
+    if gate:
+        raise CourseError(f"{chapter}: the solution of {gate} is not closed with {{solution-end}}")
+    for e in out:
+        for c in e.checks:
+            bare = [n.lineno for n in ast.parse(c.source).body if isinstance(n, ast.Expr)]
+            if bare:
+                raise CourseError(f"{chapter}: a check of {e.label} leaves a value on line {bare[0]}, which Otter's "
+                                  "doctest prints and counts as a failure: assign it (`_ = ...`)")
+        if e.solution and not e.checks:
+            raise CourseError(f"{chapter}: exercise {e.label} has a solution but no cell tagged 'check'")
+    return out
+
+
+def _code(cell) -> nbformat.NotebookNode:
+    return nbformat.v4.new_code_cell(cell.source)
+
+
+def _check_cell(cell) -> nbformat.NotebookNode:
+    """An Otter test cell: the check's asserts, worth ``metadata.points``, failing with the assert's message."""
+    first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+    config = {"points": int(cell.metadata.get("points", 1))}
+    if first.startswith("# "):
+        config["failure_message"] = first[2:]
+    head = '""" # BEGIN TEST CONFIG\n' + yaml.safe_dump(config, sort_keys=False) + '""" # END TEST CONFIG\n'
+    return nbformat.v4.new_code_cell(head + cell.source)
+
+
+def master_notebook(nb: nbformat.NotebookNode, name: str, title: str) -> nbformat.NotebookNode:
+    """The Otter Assign master notebook of one chapter's exercises."""
+    v4 = nbformat.v4
+    config = {"name": name, "requirements": None, "run_tests": False, "solutions_pdf": False,
+              "export_cell": False, "check_all_cell": False, "init_cell": True,
+              "generate": {"pdf": False, "seed": None}}
+    cells = [v4.new_raw_cell("# ASSIGNMENT CONFIG\n" + yaml.safe_dump(config, sort_keys=False)),
+             v4.new_markdown_cell(f"# Exercises: {title}\n\nThe exercises of the book's chapter *{title}*; read it "
+                                  "first. Run the cells in order. Each coded exercise ends with "
+                                  "`grader.check(...)`: it runs the exercise's checks here and says which fail "
+                                  "and why. Questions of judgement are read by the instructor.")]
+    for e in exercises(nb, name):
+        heading = v4.new_markdown_cell(f"## {e.title}\n\n{e.prompt}")
+        if not e.scored:
+            cells += [heading, v4.new_markdown_cell("*Your answer:*")]
+            continue
+        q = {"name": e.question, "points": e.points, "all_or_nothing": True}
+        cells += [v4.new_raw_cell(yaml.safe_dump(q, sort_keys=False)
+                                  .join(["# BEGIN QUESTION\n", ""])), heading]
+        cells += [_code(c) for c in e.setup]
+        cells += [v4.new_raw_cell("# BEGIN SOLUTION")]
+        cells += [v4.new_code_cell("# BEGIN SOLUTION\n" + c.source.rstrip() + "\n# END SOLUTION") for c in e.solution]
+        cells += [v4.new_raw_cell("# END SOLUTION"), v4.new_raw_cell("# BEGIN TESTS")]
+        cells += [_check_cell(c) for c in e.checks]
+        cells += [v4.new_raw_cell("# END TESTS"), v4.new_raw_cell("# END QUESTION")]
+    out = v4.new_notebook(cells=cells)
+    out.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return out
+
+
+def _title(nb) -> str:
+    for c in nb.cells:
+        if c.cell_type == "markdown" and c.source.startswith("# "):
+            return c.source.splitlines()[0][2:].strip()
+    return "exercises"
+
+
+def chapter_exercises(notebooks: list[Path]) -> dict[str, list[Exercise]]:
+    """Every chapter (notebook stem) with at least one exercise, and its exercises."""
+    out = {}
+    for p in notebooks:
+        ex = exercises(nbformat.read(p, 4), p.stem)
+        if ex:
+            out[p.stem] = ex
+    return out
+
+
+def build(out_dir: str | Path, notebooks: list[Path]) -> dict[str, Path]:
+    """Write the student set: ``student/<chapter>.ipynb``, ``autograder/<chapter>.zip`` and the solution
+    notebooks ``autograder/<chapter>.ipynb``. Built in a temporary folder and moved into place, so a
+    failed build leaves an earlier set untouched. Returns {chapter: student notebook}."""
+    from otter.assign import main as otter_assign
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".course-", dir=out_dir.parent))
+    try:
+        written = {}
+        for p in notebooks:
+            nb = nbformat.read(p, 4)
+            if not exercises(nb, p.stem):
+                continue
+            src = work / "source" / p.stem
+            src.mkdir(parents=True)
+            nbformat.write(master_notebook(nb, p.stem, _title(nb)), src / f"{p.stem}.ipynb")
+            dist = work / "dist" / p.stem
+            otter_assign(str(src / f"{p.stem}.ipynb"), str(dist), no_pdfs=True, no_run_tests=True)
+            for sub in ("student", "autograder"):
+                (work / "set" / sub).mkdir(parents=True, exist_ok=True)
+            shutil.copy(dist / "student" / f"{p.stem}.ipynb", work / "set" / "student" / f"{p.stem}.ipynb")
+            shutil.copy(dist / "autograder" / f"{p.stem}.ipynb", work / "set" / "autograder" / f"{p.stem}.ipynb")
+            zips = list((dist / "autograder").glob("*.zip"))
+            shutil.copy(zips[0], work / "set" / "autograder" / f"{p.stem}.zip")
+            written[p.stem] = out_dir / "student" / f"{p.stem}.ipynb"
+        if not written:
+            raise CourseError("no chapter has an exercise: nothing to build")
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(out_dir.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+        os.replace(work / "set", out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return written
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _chapter_of(nb_path: Path, autograders: dict[str, Path]) -> str:
+    nb = nbformat.read(nb_path, 4)
+    name = nb.metadata.get("otter", {}).get("assignment_name")
+    if name in autograders:
+        return name
+    for stem in sorted(autograders, key=len, reverse=True):
+        if nb_path.stem.startswith(stem) or nb_path.stem.endswith(stem):
+            return stem
+    raise CourseError(f"{nb_path}: not a notebook of this course (no chapter {name!r}): submit the student "
+                      "notebook that `apnb course build` wrote")
+
+
+def grade(submissions: str | Path, autograder_dir: str | Path, out: str | Path | None = None):
+    """Grade every ``*.ipynb`` under ``submissions`` against ``autograder_dir`` (``OUT/autograder`` of
+    :func:`build`). Returns a long table (submission, chapter, exercise, score, possible, failed: the
+    messages of the failing checks) and writes it to ``out`` (CSV, default ``SUBMISSIONS/scores.csv``), one
+    row per submission and exercise. Every submission is matched to its chapter before any is graded."""
+    import pandas as pd
+    from otter.api import grade_submission
+
+    submissions, autograder_dir = Path(submissions), Path(autograder_dir)
+    zips = {z.stem: z for z in sorted(autograder_dir.glob("*.zip"))}
+    if not zips:
+        raise CourseError(f"{autograder_dir} holds no autograder zip: run `apnb course build OUT` and pass OUT/autograder")
+    files = sorted(p for p in submissions.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+    if not files:
+        raise CourseError(f"{submissions} holds no submitted notebook (*.ipynb)")
+    chapters = {p: _chapter_of(p, zips) for p in files}  # every file is checked before any is graded
+    rows = []
+    for p in files:
+        res = grade_submission(str(p), str(zips[chapters[p]]), quiet=True)
+        for q, r in res.to_dict().items():
+            failed = [t["test_case"].get("failure_message") or t["test_case"]["name"]
+                      for t in r.get("test_case_results", []) if not t.get("passed")]
+            rows.append({"submission": str(p.relative_to(submissions)), "chapter": chapters[p], "exercise": q,
+                         "score": float(r["score"]), "possible": float(r["possible"]), "failed": "; ".join(failed)})
+    table = pd.DataFrame(rows)
+    out = Path(out) if out else submissions / "scores.csv"
+    tmp = out.with_name(out.name + ".tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    return table
 
 
 def strip_solutions(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, int]:
-    """Copy of ``nb`` with every ``solution`` cell replaced by an empty code cell tagged ``exercise``."""
+    """Copy of ``nb`` with every ``solution`` cell replaced by ``...`` (the student's version of a chapter)."""
     out = nbformat.from_dict(nb)
     n = 0
-    cells = []
-    for c in out.cells:
-        if "solution" in c.metadata.get("tags", []):
+    for i, c in enumerate(out.cells):
+        if "solution" in _tags(c):
             n += 1
-            cells.append(nbformat.v4.new_code_cell("# your solution here\n", metadata={"tags": ["exercise"]}))
-        else:
-            cells.append(c)
-    out.cells = cells
+            out.cells[i] = nbformat.v4.new_code_cell("...\n", metadata={"tags": ["exercise"]})
     return out, n
-
-
-def write_course(out_dir: str | Path, notebooks: list[Path]) -> list[Path]:
-    """Write the student notebooks of ``notebooks`` (only those with exercises) into ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for p in notebooks:
-        nb, n = strip_solutions(nbformat.read(p, 4))
-        if n:
-            target = out_dir / p.name
-            nbformat.write(nb, target)
-            written.append(target)
-    return written

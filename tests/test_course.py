@@ -1,22 +1,116 @@
+"""The course (issue: teaching the method): the student set is built from the book's exercises, and grading
+three copies of it gives full marks, zero, and exactly one exercise's loss."""
+import shutil
+
 import nbformat
 import pytest
 
-from apnb import runner
-from apnb.course import write_course
+from apnb import course, runner
 
 pytestmark = pytest.mark.unit
 
+FOUNDATIONS = ["10_method", "11_metrics", "00_synthetic_benchmark", "12_calibration"]
+PLANTED = ("weights = grads.mean(dim=(2, 3), keepdim=True)", "weights = grads.sum(dim=1, keepdim=True)")
 
-def test_student_notebooks_strip_solutions_and_run(tmp_path):
-    import papermill as pm
 
-    written = write_course(tmp_path, runner.toc_notebooks())
-    assert written, "no notebook of the book has exercises"
-    for p in written:
+@pytest.fixture(scope="module")
+def student_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("course") / "set"
+    written = course.build(out, runner.toc_notebooks())
+    return out, written
+
+
+def test_every_foundations_chapter_and_four_experiments_have_a_scored_and_a_judgement_exercise():
+    ex = course.chapter_exercises(runner.toc_notebooks())
+    for ch in FOUNDATIONS:
+        assert ch in ex, f"{ch} has no exercise"
+    experiments = [c for c in ex if c[:2] in {"01", "02", "03", "04", "05", "06", "07"}]
+    assert len(experiments) >= 4
+    for ch, items in ex.items():
+        assert any(e.scored for e in items), f"{ch}: no autograded exercise"
+        assert any(not e.scored for e in items), f"{ch}: no question of judgement"
+        assert len({e.question for e in items}) == len(items)
+
+
+def test_student_notebooks_hide_solutions_and_keep_checks(student_set):
+    out, written = student_set
+    assert set(written) == set(course.chapter_exercises(runner.toc_notebooks()))
+    for ch, p in written.items():
         nb = nbformat.read(p, 4)
-        assert not any("solution" in c.metadata.get("tags", []) for c in nb.cells)
-        assert any("exercise" in c.metadata.get("tags", []) for c in nb.cells)
-    small = [p for p in written if p.name == "11_metrics.ipynb"]
-    for p in small:  # the student version runs up to (and through) its empty exercise cells
-        pm.execute_notebook(str(p), str(tmp_path / ("run_" + p.name)), kernel_name="python3", progress_bar=False,
-                            cwd=str(runner.repo_root()))
+        src = "\n".join(c.source for c in nb.cells)
+        assert 'grader = otter.Notebook(' in nb.cells[0].source
+        for e in course.chapter_exercises(runner.toc_notebooks())[ch]:
+            if e.scored:
+                assert f'grader.check("{e.question}")' in src
+                assert nb.metadata["otter"]["tests"][e.question]["points"] == e.points
+                for c in e.solution:  # no line of the worked answer reaches the student
+                    for line in c.source.splitlines():
+                        if len(line.strip()) > 15 and not line.strip().startswith("#"):
+                            assert line not in src, f"{ch}/{e.label}: solution line {line!r} in the student notebook"
+        assert (out / "autograder" / f"{ch}.zip").exists()
+
+
+def _copy(src_dir, dst, names, edit=None):
+    dst.mkdir()
+    for n in names:
+        nb = nbformat.read(src_dir / f"{n}.ipynb", 4)
+        if edit:
+            edit(nb)
+        nbformat.write(nb, dst / f"{n}.ipynb")
+    return dst
+
+
+def test_grading_three_copies(student_set, tmp_path):
+    out, written = student_set
+    names = sorted(written)
+    points = {e.question: e.points for items in course.chapter_exercises(runner.toc_notebooks()).values()
+              for e in items if e.scored}
+
+    def plant(nb):
+        hits = [c for c in nb.cells if PLANTED[0] in c.source]
+        for c in hits:
+            c.source = c.source.replace(*PLANTED)
+        if nb.metadata["otter"]["assignment_name"] == "10_method":
+            assert hits, "the Grad-CAM solution line to plant the mistake in is gone"
+
+    solved = course.grade(_copy(out / "autograder", tmp_path / "solutions", names), out / "autograder")
+    untouched = course.grade(_copy(out / "student", tmp_path / "untouched", names), out / "autograder")
+    planted = course.grade(_copy(out / "autograder", tmp_path / "planted", names, plant), out / "autograder")
+
+    for table in (solved, untouched, planted):
+        assert set(table.exercise) == set(points)
+        assert dict(zip(table.exercise, table.possible)) == points
+    assert (solved.score == solved.possible).all(), solved[solved.score < solved.possible].to_string()
+    assert (untouched.score == 0).all(), untouched[untouched.score > 0].to_string()
+    lost = planted[planted.score < planted.possible]
+    assert list(lost.exercise) == ["gradcam"] and float(lost.score.iloc[0]) == 0.0
+    assert "pool the gradients over the spatial positions" in lost.failed.iloc[0]  # the message a student sees
+    assert (tmp_path / "planted" / "scores.csv").exists()
+
+
+def test_grade_refuses_foreign_notebooks_before_grading(student_set, tmp_path):
+    out, _ = student_set
+    (tmp_path / "subs").mkdir()
+    shutil.copy(runner.repo_root() / "notebooks" / "30_execution.ipynb", tmp_path / "subs" / "mine.ipynb")
+    with pytest.raises(course.CourseError, match="not a notebook of this course"):
+        course.grade(tmp_path / "subs", out / "autograder")
+    with pytest.raises(course.CourseError, match="no autograder zip"):
+        course.grade(tmp_path / "subs", tmp_path)
+
+
+def test_malformed_exercises_are_named():
+    v4 = nbformat.v4
+    ex = v4.new_markdown_cell("```{exercise} A title\n:label: ex-a\n\nDo it.\n```")
+    gate = v4.new_markdown_cell("```{solution-start} ex-a\n:class: dropdown\n```")
+    end = v4.new_markdown_cell("```{solution-end}\n```")
+    sol = v4.new_code_cell("x = 1", metadata={"tags": ["solution"]})
+    check = v4.new_code_cell("# x is one\nassert x == 1", metadata={"tags": ["check"]})
+    bare = v4.new_code_cell("x == 1", metadata={"tags": ["check"]})
+    good = v4.new_notebook(cells=[ex, gate, sol, check, end])
+    (e,) = course.exercises(good, "t")
+    assert (e.label, e.title, e.prompt, e.points, e.question) == ("ex-a", "A title", "Do it.", 1, "a")
+    for cells, msg in [([ex, gate, sol, check], "not closed"), ([ex, sol, check, end], "outside"),
+                       ([ex, gate, sol, end], "no cell tagged 'check'"), ([ex, gate, sol, bare, end], "leaves a value"),
+                       ([v4.new_markdown_cell("```{exercise} T\n```")], "no ':label:")]:
+        with pytest.raises(course.CourseError, match=msg):
+            course.exercises(v4.new_notebook(cells=cells), "t")
