@@ -161,3 +161,40 @@ def test_every_page_in_headless_chromium(served):
     assert not external, f"requests to external hosts: {sorted(set(external))[:10]}"
     assert not problems, "\n".join(problems[:30])
     assert (ARTIFACTS / "home.png").stat().st_size > 0 and (ARTIFACTS / "results-01_voc_distillation.png").exists()
+
+
+def test_exercises_show_and_solutions_stay_folded_until_clicked(served):
+    """Every exercise of the book renders (sphinx-exercise), and each solution is folded until its toggle is
+    clicked (a reader tries first)."""
+    from playwright.sync_api import sync_playwright
+
+    from apnb import course, runner
+
+    root, base = served
+    chapters = [c for c in course.chapter_exercises(runner.toc_notebooks()) if (root / "notebooks" / f"{c}.html").exists()]
+    assert chapters, "no page of this book holds an exercise"
+    problems = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        for ch in chapters:
+            page.goto(base + f"notebooks/{ch}.html", wait_until="networkidle")
+            n_ex = page.locator("main div.exercise.admonition").count()
+            sols = page.locator("main div.solution.dropdown")
+            if n_ex == 0 or sols.count() == 0:
+                problems.append(f"{ch}: {n_ex} exercises and {sols.count()} folded solutions rendered")
+            for i in range(sols.count()):
+                sol = sols.nth(i)
+                body = sol.locator(":scope > :not(.admonition-title)")
+                if body.count() == 0:
+                    problems.append(f"{ch}: solution {i} has no body")
+                    continue
+                if body.first.is_visible():
+                    problems.append(f"{ch}: solution {i} is open before it is clicked")
+                    continue
+                sol.locator("button.toggle-button").first.click()
+                page.wait_for_timeout(300)
+                if not body.first.is_visible():
+                    problems.append(f"{ch}: solution {i} does not open when clicked")
+        browser.close()
+    assert not problems, "\n".join(problems[:30])
