@@ -293,3 +293,68 @@ def strip_solutions(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, i
             n += 1
             out.cells[i] = nbformat.v4.new_code_cell("...\n", metadata={"tags": ["exercise"]})
     return out, n
+
+
+def run_exercise(e: Exercise) -> float:
+    """Run one exercise's setup, worked solution and checks in a fresh namespace, as a student's notebook
+    would; returns the wall time in seconds, and raises :class:`CourseError` when a check fails on the
+    solution (the book's exercises must grade their own answers full)."""
+    import contextlib
+    import io
+    import time
+
+    ns: dict = {"__name__": "__exercise__"}
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        for c in e.setup + e.solution:
+            exec(compile(c.source, f"<{e.label}>", "exec"), ns)
+        for i, c in enumerate(e.checks):
+            try:
+                exec(compile(c.source, f"<{e.label} check {i}>", "exec"), dict(ns))
+            except AssertionError as err:
+                raise CourseError(f"{e.chapter}/{e.label}: check {i} fails on the book's own solution: {err}") from None
+    return time.perf_counter() - t0
+
+
+def exercise_table(notebooks: list[Path]):
+    """One row per exercise of the book: chapter, title, label, autograded or judgement, points, and the
+    seconds its setup, solution and checks take here (judgement questions: nothing to run)."""
+    import pandas as pd
+
+    rows = []
+    for chapter, items in chapter_exercises(notebooks).items():
+        for e in items:
+            rows.append({"chapter": chapter, "exercise": e.title, "label": e.label,
+                         "kind": "autograded" if e.scored else "judgement", "points": e.points if e.scored else 0,
+                         "seconds": round(run_exercise(e), 2) if e.scored else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def chapter_requirements(notebooks: list[Path]):
+    """What each chapter of the book needs, read from the profiles: the data it reads at ``demo`` (the
+    embedded synthetic benchmark, or none) and at ``paper``, and whether it trains networks (at the paper
+    profile, a GPU box: the paper's networks and schedules)."""
+    import pandas as pd
+
+    from . import runner
+
+    prof = {p: runner.load_profile(p) for p in ("demo", "paper")}
+    rows = []
+    for nb in notebooks:
+        declared = runner.notebook_parameters(nb)
+        if not declared:
+            continue
+
+        def value(p, key):
+            own = prof[p]["notebooks"].get(nb.stem) or {}
+            return own.get(key, prof[p]["defaults"].get(key)) if key in declared else None
+
+        trains = any(k.endswith("_train") or k.endswith("_finetune") for k in declared)
+        demo_data = "embedded synthetic" if value("demo", "synth") else ("none" if value("demo", "data_root") is None
+                                                                          else value("demo", "data_root"))
+        paper_data = ("none" if value("paper", "data_root") is None else
+                      "embedded synthetic" if value("paper", "synth") else value("paper", "data_root"))
+        rows.append({"chapter": nb.stem, "data at demo (CPU)": demo_data, "data at paper": paper_data,
+                     "trains networks": "yes" if trains else "no",
+                     "GPU at paper": "yes" if trains and paper_data != "none" else "no"})
+    return pd.DataFrame(rows)
