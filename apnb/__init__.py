@@ -3,13 +3,14 @@
 Reproduces Park et al., "Attribution Preservation in Network Compression for Reliable Network
 Interpretation" (NeurIPS 2020). Modules:
 
-- :mod:`apnb.config`       device resolution, paths, atomic writes
+- :mod:`apnb.config`       device resolution, paths, atomic writes, the store's configuration key
 - :mod:`apnb.data`         synthetic VOC-format benchmark and the real VOC / ImageNet-seg / CIFAR loaders
 - :mod:`apnb.models`       VGG16_bn (paper head), width-divided students, VGG-11, ResNet34
 - :mod:`apnb.gradcam`      differentiable Grad-CAM at a named layer
 - :mod:`apnb.matching`     the EWA / SWA / SSWA regularizers (paper Eq. 1-6)
 - :mod:`apnb.compression`  distillation losses, unstructured and l1-structured pruning
-- :mod:`apnb.engine`       one ``fit`` with atomic checkpoints, resume, NaN guard, DDP; the checkpoint store
+- :mod:`apnb.engine`       one ``fit`` with atomic checkpoints, resume, NaN guard, DDP, cohorts
+- :mod:`apnb.store`        the checkpoint store: finished networks under a hash of their recipe, one lock each
 - :mod:`apnb.metrics`      mAP, F1, ROC-AUC, pointing game, teacher-student cosine / l2
 - :mod:`apnb.attribution`  one ``attribute()`` API over Grad-CAM, EBP, LRP, InputGrad, IG, EG
 - :mod:`apnb.faithfulness` ROAR, DiffROAR, DiffID

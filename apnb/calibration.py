@@ -34,7 +34,7 @@ from . import evaluate as E
 from . import experiments as X
 from . import report
 from .config import atomic_write_text, resolve_device
-from .engine import Store, config_key
+from .store import Store, config_key
 
 P1 = {"AUC": 0.85, "point_acc_tol": 0.60, "mAP": 0.85, "mAP_nocue": 0.80}
 P2 = {"map_loss_max": 0.15, "auc_drop_min": 0.04, "point_drop_min": 0.08}

@@ -1,6 +1,8 @@
 """Device resolution, project paths and atomic file writes."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -90,3 +92,8 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         if msg is None:
             raise
         raise DiskFullError(28, msg) from e
+
+
+def config_key(cfg: dict) -> str:
+    """The store's key of a configuration: the first 16 hex digits of the SHA-256 of its sorted JSON."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]

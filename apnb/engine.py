@@ -1,4 +1,5 @@
-"""One ``fit`` for teacher training, distillation and pruning fine-tune, plus the checkpoint store.
+"""One ``fit`` for teacher training, distillation and pruning fine-tune (the store of finished networks is
+:mod:`apnb.store`).
 
 - SGD (momentum, weight decay) with a multistep (paper), cosine or one-cycle schedule; AMP (bf16) on CUDA.
 - The objective is pluggable: :class:`Supervised` or :class:`Compress` (KD and/or task loss plus the
@@ -8,7 +9,7 @@
   RNG from ``(seed, epoch)``, so nothing depends on how many epochs ran in this process.
 - A checkpoint names the run it belongs to (``run_key``: the store key plus the training configuration and
   the library version); resuming from a checkpoint of another run is refused with a one-line error.
-- The store takes an OS file lock per entry (:meth:`Store.lock`, the ``filelock`` package): a second process
+- The store takes an OS file lock per entry (:meth:`apnb.store.Store.lock`, the ``filelock`` package): a second process
   asking for the same network waits, then loads it instead of training it again; the lock dies with its
   process, so a killed trainer blocks nothing.
 - :func:`fit_cohort` trains several networks in lockstep on shared batches with one teacher pass per batch
@@ -20,7 +21,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import compression as C
 from . import records
-from .config import atomic_torch_save, resolve_device, store_dir
+from .config import atomic_torch_save, config_key, resolve_device
 from .matching import AttributionMatching
 from .models import ModelError
 
@@ -476,55 +476,3 @@ def fit_cohort(members: list[Member], train_set: Dataset, device="auto", progres
         res.images_per_s = st["seen"] / max(res.seconds, 1e-9)
         out.append(res)
     return out
-
-
-# ------------------------------------------------------------------ checkpoint store
-def config_key(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class Store:
-    """Checkpoints keyed by a hash of their configuration, so that a teacher is trained once and reused.
-
-    ``store.path(kind, cfg)`` is ``<root>/<kind>-<hash>/model.pt``; ``cfg.json`` beside it records the
-    configuration. Finished models are saved with ``save``, which then deletes the entry's resume checkpoints
-    (``*.ckpt``); ``load`` returns None when absent.
-    """
-
-    def __init__(self, root: str | Path | None = None):
-        self.root = Path(root) if root else store_dir() / "checkpoints"
-
-    def dir(self, kind: str, cfg: dict) -> Path:
-        d = self.root / f"{kind}-{config_key(cfg)}"
-        d.mkdir(parents=True, exist_ok=True)
-        from .config import atomic_write_text
-
-        atomic_write_text(d / "cfg.json", json.dumps(cfg, indent=1, sort_keys=True, default=str))
-        return d
-
-    def lock(self, kind: str, cfg: dict, timeout: float = -1):
-        """An exclusive OS lock on one entry (``<root>/<kind>-<hash>.lock``), held while the entry is loaded
-        or trained: a second process waits, then finds the finished network. ``fcntl`` locks are released
-        by the kernel when their process dies, so a killed trainer leaves nothing that blocks."""
-        from filelock import FileLock
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.root / f"{kind}-{config_key(cfg)}.lock"), timeout=timeout)
-
-    def save(self, kind: str, cfg: dict, model: nn.Module, extra: dict | None = None) -> Path:
-        p = self.dir(kind, cfg) / "final.pt"
-        atomic_torch_save({"model": saved_state(model), "pruned": C.pruned_param_names(model),
-                           "spec": json.dumps(getattr(model, "apnb_spec", {})),
-                           "extra": json.dumps(extra or {}, default=str)}, p)
-        for resume in p.parent.glob("*.ckpt"):  # superseded: they hold optimizer state, 2-3x the network
-            resume.unlink(missing_ok=True)
-        records.tally("trained")
-        return p
-
-    def load(self, kind: str, cfg: dict, model: nn.Module) -> dict | None:
-        p = self.root / f"{kind}-{config_key(cfg)}" / "final.pt"
-        if not p.exists():
-            return None
-        ck = load_checkpoint(p, model)
-        records.tally("loaded")
-        return json.loads(ck.get("extra", "{}"))

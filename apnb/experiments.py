@@ -1,10 +1,10 @@
 """The pipelines the notebooks orchestrate: data, teacher, distillation, pruning, evaluation.
 
-Every trained network goes through the checkpoint store (:class:`apnb.engine.Store`) under a hash of its
+Every trained network goes through the checkpoint store (:class:`apnb.store.Store`) under a hash of its
 full configuration (teacher key, method, hyperparameters, seed), so the teacher is trained once and a
 re-run notebook reloads what it already trained. Each network's initial weights are drawn from its recipe's
 seed (:func:`apnb.models.build` with ``seed``), so a store key stands for one network whatever ran before
-it; each entry is trained under its store lock (:meth:`apnb.engine.Store.lock`); a trained network passes
+it; each entry is trained under its store lock (:meth:`apnb.store.Store.lock`); a trained network passes
 its premise guards (:mod:`apnb.guards`) before it is returned.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ from . import models as M
 from .config import resolve_device, store_dir
 from .data import synthetic
 from .data.voc import VOCClassification, VOCLocalization
-from .engine import Compress, Member, Store, Supervised, TrainConfig, cohort_key, config_key, fit, fit_cohort
+from .engine import Compress, Member, Supervised, TrainConfig, cohort_key, fit, fit_cohort
+from .store import Store, config_key
 from .guards import Guards, check_min, check_plateau, chance_map
 from .matching import AttributionMatching, MatchingConfig
 

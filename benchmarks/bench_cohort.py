@@ -25,7 +25,7 @@ import yaml
 
 from apnb import experiments as X
 from apnb import models as M
-from apnb.engine import Store
+from apnb.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ import textwrap
 CHILD = textwrap.dedent("""
     import json, sys
     from apnb import experiments as X, runner
-    from apnb.engine import Store
+    from apnb.store import Store
     p = runner.params_for(runner.repo_root() / "notebooks/00_synthetic_benchmark.ipynb", sys.argv[1])
     data, teacher, info, row, _ = X.voc_setup(p["data_root"], p["synth"], p["image_size"], p["teacher_spec"],
                                               p["teacher_train"], p["teacher_pretrain"], p["pretrained"],

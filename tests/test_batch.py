@@ -74,7 +74,7 @@ def _teacher_notebook(path):
         new_code_cell(
             "import hashlib\n"
             "from apnb import experiments as X, records\n"
-            "from apnb.engine import Store\n"
+            "from apnb.store import Store\n"
             "calls = []\n"
             "_fit = X.fit\n"
             "X.fit = lambda *a, **k: (calls.append(1), _fit(*a, **k))[1]\n"

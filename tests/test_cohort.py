@@ -11,7 +11,8 @@ from torch.utils.data import TensorDataset
 
 from apnb import experiments as X
 from apnb import models as M
-from apnb.engine import Compress, Member, Store, TrainConfig, fit, fit_cohort, load_checkpoint
+from apnb.engine import Compress, Member, TrainConfig, fit, fit_cohort, load_checkpoint
+from apnb.store import Store
 from apnb.matching import AttributionMatching
 
 pytestmark = pytest.mark.unit

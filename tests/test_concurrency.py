@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from apnb import models as M
-from apnb.engine import Store, Supervised, TrainConfig, fit
+from apnb.engine import Supervised, TrainConfig, fit
+from apnb.store import Store
 from apnb.models import ModelError
 
 pytestmark = pytest.mark.unit
@@ -47,7 +48,7 @@ TEACHER = textwrap.dedent("""
     import hashlib, json, sys, torch
     torch.set_num_threads(1)
     from apnb import experiments as X
-    from apnb.engine import Store
+    from apnb.store import Store
     calls = []
     real_fit = X.fit
     def counting_fit(*a, **k):
@@ -81,7 +82,7 @@ def test_two_processes_train_one_teacher_once(tmp_path, synth_root):
 def test_killed_lock_holder_does_not_block(tmp_path):
     holder = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
         import sys, time
-        from apnb.engine import Store
+        from apnb.store import Store
         with Store({str(tmp_path)!r}).lock("teacher", {{"a": 1}}):
             print("held", flush=True)
             time.sleep(600)

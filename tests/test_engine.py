@@ -14,7 +14,8 @@ from torch.utils.data import TensorDataset
 
 from apnb import compression as C
 from apnb import models as M
-from apnb.engine import Compress, Store, Supervised, TrainConfig, fit, load_checkpoint
+from apnb.engine import Compress, Supervised, TrainConfig, fit, load_checkpoint
+from apnb.store import Store
 from apnb.matching import AttributionMatching
 from apnb.models import ModelError
 

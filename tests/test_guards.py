@@ -7,7 +7,7 @@ from apnb import experiments as X
 from apnb import guards as G
 from apnb import metrics as Mt
 from apnb import models as M
-from apnb.engine import Store
+from apnb.store import Store
 
 pytestmark = pytest.mark.unit
 SPEC = {"arch": "vgg16_bn", "width_div": 16, "n_pools": 2, "head_pool": 1}

@@ -7,7 +7,7 @@ import torch
 from apnb import experiments as X
 from apnb import models as M
 from apnb.attribution import attribute
-from apnb.engine import Store
+from apnb.store import Store
 from apnb.gradcam import gradcam
 
 pytestmark = pytest.mark.unit

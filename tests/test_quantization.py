@@ -8,7 +8,7 @@ from apnb import gradcam as G
 from apnb import matching
 from apnb import models as M
 from apnb import quantization as Q
-from apnb.engine import Store
+from apnb.store import Store
 
 pytestmark = pytest.mark.unit
 
