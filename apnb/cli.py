@@ -49,7 +49,8 @@ def main(argv=None):
     cb.add_argument("out")
     cg = csub.add_parser("grade", help="grade every submitted notebook under SUBMISSIONS; one row per exercise")
     cg.add_argument("submissions")
-    cg.add_argument("--autograder", required=True, help="OUT/autograder of `apnb course build OUT`")
+    cg.add_argument("--autograder", default="build/course/autograder",
+                    help="OUT/autograder of `apnb course build OUT` (default build/course/autograder)")
     cg.add_argument("--out", help="the CSV of scores (default SUBMISSIONS/scores.csv)")
 
     k = sub.add_parser("calibrate", help="calibrate the embedded benchmark on the paper's premises "

@@ -263,7 +263,8 @@ def grade(submissions: str | Path, autograder_dir: str | Path, out: str | Path |
     submissions, autograder_dir = Path(submissions), Path(autograder_dir)
     zips = {z.stem: z for z in sorted(autograder_dir.glob("*.zip"))}
     if not zips:
-        raise CourseError(f"{autograder_dir} holds no autograder zip: run `apnb course build OUT` and pass OUT/autograder")
+        raise CourseError(f"{autograder_dir} holds no autograder zip: run `apnb course build OUT` first and pass "
+                          "--autograder OUT/autograder")
     files = sorted(p for p in submissions.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
     if not files:
         raise CourseError(f"{submissions} holds no submitted notebook (*.ipynb)")

@@ -114,3 +114,24 @@ def test_malformed_exercises_are_named():
                        ([v4.new_markdown_cell("```{exercise} T\n```")], "no ':label:")]:
         with pytest.raises(course.CourseError, match=msg):
             course.exercises(v4.new_notebook(cells=cells), "t")
+
+
+def test_a_student_runs_one_exercises_checks_in_the_notebook(student_set, monkeypatch):
+    """What `grader.check("hit_low_auc")` shows a student whose map misses: the failing check's message."""
+    import otter
+    import torch
+
+    out, written = student_set
+    nb = nbformat.read(written["11_metrics"], 4)
+    ns = {}
+    for c in nb.cells:  # the exercise's own cells, the answer left as the student got it
+        if c.cell_type == "code" and "otter" not in c.source and "grader." not in c.source and c.source.strip() != "...":
+            exec(c.source, ns)
+    ns["ex"] = torch.zeros(1, 4, 4)
+    ns["ex"][0, 3, 3] = 1.0  # the maximum off the object
+    ns["ex_mask"] = torch.zeros(1, 4, 4, dtype=torch.bool)
+    ns["ex_mask"][0, :2, :2] = True
+    monkeypatch.chdir(written["11_metrics"].parent)  # where the student opens it
+    shown = repr(otter.Notebook("11_metrics.ipynb").check("hit_low_auc", global_env=ns))
+    assert "Test case failed" in shown and "put the map's maximum on an object pixel" in shown
+    assert "hit_low_auc - 1 result:\n        ✅ Test case passed" in shown  # the shape check passes, and says so
