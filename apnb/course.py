@@ -36,6 +36,8 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from . import runner
+
 _EXERCISE = re.compile(r"^(`{3,}|:{3,})\{exercise\}\s*(?P<title>.*?)\s*$", re.M)
 _LABEL = re.compile(r"^:label:\s*(?P<label>\S+)\s*$", re.M)
 _GATE = re.compile(r"\{solution-(?P<which>start|end)\}\s*(?P<label>\S*)")
@@ -336,8 +338,6 @@ def chapter_requirements(notebooks: list[Path]):
     embedded synthetic benchmark, or none) and at ``paper``, and whether it trains networks (at the paper
     profile, a GPU box: the paper's networks and schedules)."""
     import pandas as pd
-
-    from . import runner
 
     prof = {p: runner.load_profile(p) for p in ("demo", "paper")}
     rows = []
