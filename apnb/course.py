@@ -287,17 +287,6 @@ def grade(submissions: str | Path, autograder_dir: str | Path, out: str | Path |
     return table
 
 
-def strip_solutions(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, int]:
-    """Copy of ``nb`` with every ``solution`` cell replaced by ``...`` (the student's version of a chapter)."""
-    out = nbformat.from_dict(nb)
-    n = 0
-    for i, c in enumerate(out.cells):
-        if "solution" in _tags(c):
-            n += 1
-            out.cells[i] = nbformat.v4.new_code_cell("...\n", metadata={"tags": ["exercise"]})
-    return out, n
-
-
 def run_exercise(e: Exercise) -> float:
     """Run one exercise's setup, worked solution and checks in a fresh namespace, as a student's notebook
     would; returns the wall time in seconds, and raises :class:`CourseError` when a check fails on the
