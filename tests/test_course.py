@@ -91,7 +91,7 @@ def test_grading_three_copies(student_set, tmp_path):
 def test_grade_refuses_foreign_notebooks_before_grading(student_set, tmp_path):
     out, _ = student_set
     (tmp_path / "subs").mkdir()
-    shutil.copy(runner.repo_root() / "notebooks" / "30_execution.ipynb", tmp_path / "subs" / "mine.ipynb")
+    shutil.copy(runner.repo_root() / "notebooks" / "31_execution.ipynb", tmp_path / "subs" / "mine.ipynb")
     with pytest.raises(course.CourseError, match="not a notebook of this course"):
         course.grade(tmp_path / "subs", out / "autograder")
     with pytest.raises(course.CourseError, match="no autograder zip"):

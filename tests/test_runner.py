@@ -125,3 +125,20 @@ def test_run_records_reads_each_or_names_the_command(mini_repo):
     assert runner.run_records("p", ["n1"]) == {"n1": {"rows": [], "commit": "abc"}}
     with pytest.raises(FileNotFoundError, match=r"n2.results.json is missing: run `apnb run notebooks/n2.ipynb --profile p`"):
         runner.run_records("p", ["n1", "n2"])
+
+
+def test_a_notebook_that_reads_other_records_comes_after_them_in_the_toc():
+    """The book and the test fixtures run notebooks in toc order, so a page that reads another's record
+    (29 reads the studies and the paper's chapters, 31 reads every chapter) must come after it."""
+    import re
+
+    order = [nb.stem for nb in runner.toc_notebooks()]
+    for i, nb in enumerate(runner.toc_notebooks()):
+        code = "\n".join(c.source for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code")
+        if "run_records" not in code:
+            continue
+        named = set(re.findall(r"\b\d\d_[a-z_]+\b", code)) & set(order)
+        later = sorted(s for s in named if order.index(s) > i)
+        assert not later, f"{nb.stem} reads the records of {later}, which come after it in _toc.yml"
+        if "toc_notebooks()" in code:  # it reads every chapter: it must be the last
+            assert i == len(order) - 1, f"{nb.stem} reads every chapter's record but is not the last notebook of _toc.yml"
