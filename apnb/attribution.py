@@ -14,7 +14,9 @@ method              implementation
 ``inputgrad``       ``x * d y_t / d x`` (captum ``InputXGradient``)
 ``ig``              Integrated Gradients, black baseline (captum), ``n_steps`` (default 32)
 ``eg``              Expected Gradients: captum ``GradientShap`` with ``stdevs=0`` and training images as
-                    baselines (``baselines`` option, required), ``n_samples`` (default 16)
+                    baselines (``baselines`` option, required), ``n_samples`` (default 16); captum draws the
+                    baselines and path points from numpy's global generator, so each call seeds it with
+                    ``seed`` (default 0) and restores it after: a map does not depend on what ran before
 ``rap``             Relative Attributing Propagation (Nam et al., AAAI 2020), our implementation as zennit
                     hooks: :class:`RAPHook` (BatchNorm folded by zennit's canonizers, ResNet additions split
                     by the same rule)
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -384,8 +387,13 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
                 base = options.get("baselines")
                 if base is None:
                     raise ValueError("method 'eg' needs baselines=<a tensor of training images>")
-                a = GradientShap(model).attribute(xx, baselines=base.to(x.device), target=target, stdevs=0.0,
-                                                  n_samples=options.get("n_samples", 16))
+                state = np.random.get_state()
+                np.random.seed(int(options.get("seed", 0)))
+                try:
+                    a = GradientShap(model).attribute(xx, baselines=base.to(x.device), target=target, stdevs=0.0,
+                                                      n_samples=options.get("n_samples", 16))
+                finally:
+                    np.random.set_state(state)
             return a.sum(1).detach()
     finally:
         model.train(was)

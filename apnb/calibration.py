@@ -31,9 +31,10 @@ import numpy as np
 import yaml
 
 from . import evaluate as E
-from . import experiments as X
+from . import recipes as R
 from . import report
 from .config import atomic_write_text, resolve_device
+from .data import splits as D
 from .store import Store, config_key
 
 P1 = {"AUC": 0.85, "point_acc_tol": 0.60, "mAP": 0.85, "mAP_nocue": 0.80}
@@ -110,12 +111,12 @@ def _save(path: Path, rec: dict):
 
 
 def _teacher(s: dict, seed: int, store: Store, dev):
-    data = X.voc_data(s["data_root"], s["synth"], s["image_size"])
+    data = D.voc_data(s["data_root"], s["synth"], s["image_size"])
     spec = dict(s["teacher_spec"], num_classes=len(data["classes"]))
     pre = dict(s["teacher_pretrain"], seed=seed) if s.get("teacher_pretrain") else None
     tr = dict(s["teacher_train"], seed=seed)
     t0 = time.time()
-    teacher, info = X.get_teacher(spec, data, tr, pre, False, store=store, device=dev, progress=False, guards=None)
+    teacher, info = R.get_teacher(spec, data, tr, pre, False, store=store, device=dev, progress=False, guards=None)
     return data, spec, teacher, info, time.time() - t0
 
 
@@ -144,7 +145,7 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
             if stage == "beta":  # accuracy only: the rule must not see a map of a matched network
                 sspec = dict(spec, width_div=spec["width_div"] * s["main_div"])
                 t0 = time.time()
-                st, _ = X.distill(teacher, info["key"], sspec, method, data, dict(s["student_train"], seed=seed),
+                st, _ = R.distill(teacher, info["key"], sspec, method, data, dict(s["student_train"], seed=seed),
                                   beta=beta, p=s.get("sswa_p", 0.3), T=s.get("kd_T", 4.0), alpha=s.get("kd_alpha", 0.9),
                                   store=store, device=dev, progress=False)
                 row = {"step": step["name"], "role": stage, "seed": seed, "teacher_seed": tseed, "method": method,
@@ -156,7 +157,7 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
                 log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                                 if k not in ("settings", "why")}))
                 continue
-            t_row, t_loc = X.evaluate_model(teacher, data, device=dev)
+            t_row, t_loc = E.evaluate_model(teacher, data, device=dev)
             row = {"step": step["name"], "role": stage, "seed": seed, "teacher_seed": tseed,
                    "settings": config_key(s), "why": step.get("why", "")}
             if stage == "teacher":
@@ -167,18 +168,18 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
             elif stage == "kd":
                 sspec = dict(spec, width_div=spec["width_div"] * s["main_div"])
                 t0 = time.time()
-                st, _ = X.distill(teacher, info["key"], sspec, "naive", data, dict(s["student_train"], seed=seed),
+                st, _ = R.distill(teacher, info["key"], sspec, "naive", data, dict(s["student_train"], seed=seed),
                                   T=s.get("kd_T", 4.0), alpha=s.get("kd_alpha", 0.9), store=store, device=dev,
                                   progress=False)
-                srow, _ = X.evaluate_model(st, data, device=dev, reference=t_loc)
+                srow, _ = E.evaluate_model(st, data, device=dev, reference=t_loc)
                 row.update({k: srow[k] for k in TEACHER_COLS + ["cos", "cos_top1", "params"]},
                            seconds=round(time.time() - t0, 1),
                            teacher={k: t_row[k] for k in TEACHER_COLS})
             elif stage == "structured":
                 t0 = time.time()
-                net, _ = X.prune_structured(teacher, info["key"], "naive", data, dict(s["structured_finetune"], seed=seed),
+                net, _ = R.prune_structured(teacher, info["key"], "naive", data, dict(s["structured_finetune"], seed=seed),
                                             s["rho_c"], s["image_size"], None, store=store, device=dev, progress=False)
-                srow, _ = X.evaluate_model(net, data, device=dev, reference=t_loc)
+                srow, _ = E.evaluate_model(net, data, device=dev, reference=t_loc)
                 row.update({k: srow[k] for k in TEACHER_COLS + ["cos", "cos_top1", "params"]},
                            seconds=round(time.time() - t0, 1),
                            teacher={k: t_row[k] for k in TEACHER_COLS})

@@ -32,9 +32,26 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return _DEVICE
 
 
+CHECKOUT = Path(__file__).resolve().parent.parent  # the folder that holds the package, _toc.yml and profiles/
+
+
+def project_root() -> Path:
+    """The one root that every relative path of the project is resolved against: ``$APNB_ROOT``, else the
+    checkout that holds the package. Under it: the checkpoint store (``build/store``), the executed notebooks
+    and their run records (``build/runs/<profile>``), the generated data (``build/data``), a profile's
+    relative ``data_root`` and the notebooks' working directory."""
+    return Path(os.environ.get("APNB_ROOT", CHECKOUT))
+
+
+def resolve_path(path: str | Path) -> Path:
+    """``path`` itself when absolute, else ``path`` under :func:`project_root` (not the working directory)."""
+    path = Path(path)
+    return path if path.is_absolute() else project_root() / path
+
+
 def store_dir() -> Path:
-    """Root of the checkpoint store and generated data (``$APNB_STORE``, default ``build/store``)."""
-    return Path(os.environ.get("APNB_STORE", "build/store"))
+    """Root of the checkpoint store: ``$APNB_STORE``, default ``build/store``, resolved by :func:`resolve_path`."""
+    return resolve_path(os.environ.get("APNB_STORE", "build/store"))
 
 
 @contextmanager

@@ -7,11 +7,13 @@ is the authors' rule (first arg-max inside the mask, no tolerance: the paper's n
 the TorchRay rule with its 15 px scaled to the image size (:func:`apnb.metrics.tolerance_for`: 4 px at
 64 px, 15 px at 227 px). Similarity counts the
 pairs that *both* networks predict (paper Sec. 4). Maps: Grad-CAM at ``layer`` by default, or any
-``apnb.attribution`` method; upsampled bilinearly to the mask size.
+``apnb.attribution`` method; upsampled bilinearly to the mask size. :func:`evaluate_model` assembles one
+row of the paper's Tables 2-7 from these parts; :func:`shortcut_row` adds the reliance on the context cue.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from . import metrics as Mt
+from . import models as M
 from .config import resolve_device
+from .data import synthetic
 from .data.voc import class_masks
 from .gradcam import gradcam
 
@@ -76,13 +80,13 @@ def attribution_fn(method="gradcam", layer="last_conv", **options):
 
 
 def localization(model, loc_set, device="auto", batch_size=64, attr=None, tolerance: int | None = None,
-                 single_label=False) -> LocResult:
+                 multilabel: bool = True) -> LocResult:
     """Maps for every ground-truth (image, class) pair and their AUC / pointing-game scores.
 
     ``tolerance`` (px) of ``hit_tol``: default TorchRay's 15 px scaled to the mask size
     (:func:`apnb.metrics.tolerance_for`).
 
-    ``single_label``: ``loc_set`` yields (image, label, foreground mask) (ImageNet); the map of the top-1
+    ``multilabel=False``: ``loc_set`` yields (image, label, foreground mask) (ImageNet); the map of the top-1
     prediction is scored on every image, right or wrong (paper supplement B: the segmentation set's labels
     are not ImageNet-1k classes), so ``predicted`` is true for every scorable image; ``cls`` holds the label
     (-1 when unknown), ``target`` the top-1 class whose map was scored and ``correct`` whether they agree.
@@ -96,7 +100,7 @@ def localization(model, loc_set, device="auto", batch_size=64, attr=None, tolera
         x = x.to(device)
         with torch.no_grad():
             logits = model(x).float().cpu()
-        if single_label:
+        if not multilabel:
             ii = torch.arange(len(x))
             cc = logits.argmax(1)
             masks, void = seg == 1, seg == 255
@@ -226,3 +230,83 @@ def baseline_attr(kind: str, sigma: float = 0.25, seed: int = 0):
         return g.expand(n, h, w).to(x.device)
 
     return fn
+
+
+def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", attr=None,
+                   reference: LocResult | None = None, multilabel: bool = True,
+                   match_layer: str | None = None) -> tuple[dict, LocResult]:
+    """One row of Tables 2-7: parameters, mAP, image-AP, F1, AUC, point accuracy (+ cos, l2 vs. ``reference``,
+    the teacher's :class:`~apnb.evaluate.LocResult`). Empty selections give NaN rather than an error.
+
+    On the synthetic benchmark ``mAP_nocue`` is the mAP on the same val images re-rendered without the
+    context cue: the gap ``mAP - mAP_nocue`` measures how much the network relies on the shortcut. Real VOC
+    has no such copy: there (multi-label data without ``val_nocue``) ``mAP_nocue`` is NaN, so tables keep
+    their columns and the verdicts that need it say "no data".
+    ``multilabel=False`` (ImageNet, supplement B): top-1 accuracy, and the top-1 prediction's map on every image.
+
+    With Grad-CAM (``attr=None``), ``cos_top1`` is the cosine of the maps at ``match_layer`` (default
+    ``layer``) for the teacher's top-1 class over every val image (:func:`apnb.evaluate.top1_similarity`),
+    beside the paper's ``cos``."""
+    grad_cam = attr is None
+    attr = attr or attribution_fn("gradcam", layer)
+    loc = localization(model, data["loc"], device, attr=attr, multilabel=multilabel)
+    if grad_cam:
+        targets = reference.top1[0] if reference is not None and reference.top1 is not None else None
+        loc.top1 = top1_maps(model, data["val"], match_layer or layer, device, targets)
+    row = {"params": M.count_params(model, nonzero=True)}
+    row.update(prediction_metrics(model, data["val"], device, multilabel=multilabel))
+    if "val_nocue" in data:  # the same val images without their context cue: reliance on the shortcut
+        row["mAP_nocue"] = prediction_metrics(model, data["val_nocue"], device)["mAP"]
+    elif multilabel:
+        row["mAP_nocue"] = float("nan")
+    row.update(loc.summary(strict=False))
+    if reference is not None:
+        row.update(similarity(reference, loc, strict=False))
+        if reference.top1 is not None and loc.top1 is not None:
+            row.update(top1_similarity(reference.top1, loc.top1))
+    return row, loc
+
+
+def shortcut_row(model, data: dict, row: dict, loc: LocResult, layer: str = "last_conv", device="auto") -> dict:
+    """How much a network relies on the context cue, beside its :func:`evaluate_model` ``row`` and ``loc`` (its
+    mAP, mAP_nocue and cued localization are reused, not recomputed): the "right for the right reasons" chapter.
+
+    - ``gap_nocue`` = mAP - mAP on the val images without their cue; ``mAP_cueflip`` / ``gap_cueflip``: mAP on
+      the same images with an absent class's cue (``val_cueflip``) and the drop to it;
+    - ``mass_object`` / ``mass_cue``: :func:`apnb.evaluate.mass_shares` on the cued localization set;
+    - ``AUC_nocue`` / ``point_acc_tol_nocue``: localization on the cue-free copy.
+
+    Real VOC has none of these copies: every value is then NaN, so tables keep their columns."""
+    out = dict.fromkeys(["gap_nocue", "mAP_cueflip", "gap_cueflip", "mass_object", "mass_cue", "AUC_nocue",
+                         "point_acc_tol_nocue"], float("nan"))
+    if "val_nocue" in data:
+        out["gap_nocue"] = row["mAP"] - row["mAP_nocue"]
+        s = localization(model, data["loc_nocue"], device, attr=attribution_fn("gradcam", layer)).summary(strict=False)
+        out["AUC_nocue"], out["point_acc_tol_nocue"] = s["AUC"], s["point_acc_tol"]
+    if "val_cueflip" in data:
+        out["mAP_cueflip"] = prediction_metrics(model, data["val_cueflip"], device)["mAP"]
+        out["gap_cueflip"] = row["mAP"] - out["mAP_cueflip"]
+    if (Path(data["root"]) / "apnb_synth.json").exists():
+        cue = synthetic.cue_regions(data["root"], "val", n=len(data["loc"]))
+        out.update(mass_shares(loc, data["loc"], cue))
+    return out
+
+
+def evaluate_models(models: dict, data: dict, teacher_name: str = "teacher", layer: str = "last_conv",
+                    device="auto", attr=None, multilabel: bool = True) -> tuple[pd.DataFrame, dict]:
+    """:func:`evaluate_model` for each model, with cosine and l2 against ``teacher_name``."""
+    t_row, t_loc = evaluate_model(models[teacher_name], data, layer, device, attr, multilabel=multilabel)
+    rows, locs = [{"model": teacher_name, **t_row}], {teacher_name: t_loc}
+    for name, m in models.items():
+        if name != teacher_name:
+            row, locs[name] = evaluate_model(m, data, layer, device, attr, reference=t_loc, multilabel=multilabel)
+            rows.append({"model": name, **row})
+    return pd.DataFrame(rows), locs
+
+
+def gradcam_maps(model, x, layer="last_conv", device="auto", batch_size=128):
+    """Grad-CAM maps of each image's top-1 class, upsampled to the input size: ``[N,H,W]`` on the CPU."""
+    device = resolve_device(device)
+    model.eval().to(device)
+    out = [gradcam(model, x[i:i + batch_size].to(device), layer, upsample=True)[0].cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out)

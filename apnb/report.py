@@ -52,37 +52,50 @@ def paired_diff(a, b) -> dict:
 
 
 class Verdict(str):
-    """A verdict sentence (what :func:`verdict` returns) that also carries its parts, so that a table can show
-    them without parsing the sentence: ``claim`` (what is compared), ``paper`` (the paper's direction or
-    number, from a trailing ``(paper: ...)`` of the claim, else None), ``ours`` (our estimate) and
-    ``finding`` (supports / contradicts / not resolved ...)."""
+    """A verdict sentence (what :func:`verdict` and :func:`note` return) that also carries its parts, so that a
+    table can show them without parsing the sentence: ``study`` (the question of the studies it answers, or
+    None in a paper chapter), ``claim`` (what is compared), ``paper`` (the paper's direction or number, from a
+    trailing ``(paper: ...)`` of the claim, else None), ``ours`` (our estimate), ``finding`` (supports /
+    contradicts / not resolved ...) and ``answer`` (the sentence without its ``study:`` prefix, as a summary
+    table shows it under the study's name)."""
 
+    study: str | None
     claim: str
     paper: str | None
     ours: str
     finding: str
 
-    def __new__(cls, text: str, what: str, ours: str, finding: str):
-        obj = super().__new__(cls, text)
+    def __new__(cls, text: str, what: str, ours: str, finding: str, study: str | None = None):
+        obj = super().__new__(cls, f"{study}: {text}" if study else text)
         m = re.search(r"\s*\(paper[:,]\s*(.*)\)\s*$", what)
         obj.claim = what[:m.start()] if m else what
         obj.paper = m.group(1) if m else None
-        obj.ours, obj.finding = ours, finding
+        obj.ours, obj.finding, obj.study = ours, finding, study
+        obj.answer = text
         return obj
 
 
-def verdict(diff: dict, what: str, paper_sign: int | None = 1) -> Verdict:
+def note(text: str, study: str | None = None, claim: str | None = None) -> Verdict:
+    """A finding that is not one paired test (a range over a sweep, a ranking, a count, a caveat), as a
+    :class:`Verdict`: the sentence ``text`` (shown as ``study: text`` when ``study`` is given), its ``claim``
+    (default: ``text`` up to its first colon, at most 70 characters) and no paper direction."""
+    head = text.split(":", 1)[0] if ":" in text else text
+    return Verdict(text, claim or head[:70].strip(), "", "", study)
+
+
+def verdict(diff: dict, what: str, paper_sign: int | None = 1, study: str | None = None) -> Verdict:
     """One sentence: does a paired difference support the paper's direction, contradict it, or not resolve it?
 
     ``paper_sign``: +1 the paper reports an increase, -1 a decrease, 0 no change (then an interval that
     excludes 0 contradicts it), ``None`` the paper makes no claim (the sentence only says which side of 0
-    the interval lies on). ``what`` may end in ``(paper: ...)``, the paper's direction or number."""
+    the interval lies on). ``what`` may end in ``(paper: ...)``, the paper's direction or number. ``study``:
+    the question of the studies the sentence answers (it then reads ``study: what: ...``)."""
     mu, half, n = diff["diff"], diff["ci"], diff["n"]
     if mu is None or math.isnan(mu):
-        return Verdict(f"{what}: no data.", what, "no data", "no data")
+        return Verdict(f"{what}: no data.", what, "no data", "no data", study)
     if n < 2 or math.isnan(half):
         return Verdict(f"{what}: {mu:+.3f} from a single seed, so no interval; this run cannot settle it.", what,
-                       f"{mu:+.3f} (one seed)", "one seed: not settled")
+                       f"{mu:+.3f} (one seed)", "one seed: not settled", study)
     lo, hi = mu - half, mu + half
     ours = f"{mu:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n={n})"
     if paper_sign is None:
@@ -95,19 +108,33 @@ def verdict(diff: dict, what: str, paper_sign: int | None = 1) -> Verdict:
         s_lo, s_hi = sorted((paper_sign * lo, paper_sign * hi))
         finding = ("supports the paper's direction" if s_lo > 0 else "contradicts the paper's direction" if s_hi < 0
                    else "the interval includes 0: not resolved here")
-    return Verdict(f"{what}: {ours} — {finding}.", what, ours, finding)
+    return Verdict(f"{what}: {ours} — {finding}.", what, ours, finding, study)
 
 
-def verdict_rows(lines, scorecard=(), **extra) -> list[dict]:
-    """Run-record rows (table ``verdict``) for verdict lines: each :class:`Verdict` with its parts, a plain
-    sentence with its text only. The lines at the indices in ``scorecard`` are marked for the book's
-    reproduction scorecard (:func:`scorecard`). ``extra`` (e.g. ``study=...``) goes into every row."""
+def verdict_rows(lines, scorecard=(), study: str | None = None, **extra) -> list[dict]:
+    """Run-record rows (table ``verdict``) for :class:`Verdict` lines, each with its parts: ``study`` (the
+    line's own, else the ``study`` given here), ``claim``, ``paper``, ``ours``, ``finding``, ``answer`` and
+    the sentence as ``value``. The lines at the indices in ``scorecard`` are marked for the book's
+    reproduction scorecard (:func:`scorecard`). ``extra`` goes into every row. A plain string is refused
+    (make it a :func:`note`), so that no reader has to parse a sentence."""
     rows = []
     for i, line in enumerate(lines):
-        parts = ({"claim": line.claim, "paper": line.paper, "ours": line.ours, "finding": line.finding}
-                 if isinstance(line, Verdict) else {"claim": str(line).split(":", 1)[0]})
-        rows.append({**extra, **parts, "scorecard": i in scorecard, "metric": "text", "value": str(line)})
+        if not isinstance(line, Verdict):
+            raise TypeError(f"verdict line {i} is a plain string ({str(line)[:60]!r}...): make it report.note(...)")
+        rows.append({**extra, "study": line.study or study, "claim": line.claim, "paper": line.paper,
+                     "ours": line.ours, "finding": line.finding, "answer": line.answer, "scorecard": i in scorecard,
+                     "metric": "text", "value": str(line)})
     return rows
+
+
+def study_answers(rec: dict, study: str) -> str:
+    """The answers a run record (:func:`apnb.records` rows) gives to one ``study``: its verdict rows'
+    ``answer`` fields, joined; a record written before verdicts carried their parts is a clear error."""
+    rows = [r for r in rec["rows"] if r.get("table") == "verdict" and r.get("study") == study]
+    if any("answer" not in r for r in rows):
+        raise ValueError(f"the run record of {rec.get('notebook', '?')} predates structured verdicts: re-run it "
+                         f"with `apnb run notebooks/{rec.get('notebook', '<name>.ipynb')} --force`")
+    return " ".join(r["answer"] for r in rows)
 
 
 def scorecard(records: dict[str, dict], titles: dict[str, str]) -> pd.DataFrame:
@@ -186,7 +213,7 @@ def table(df: pd.DataFrame, columns: list[str] | None = None, digits: int = 3, p
 
 
 def row_table(row: dict, metrics: list[str], name: str = "teacher"):
-    """One network's numbers (a :func:`apnb.experiments.evaluate_model` row) as a narrow two-column table."""
+    """One network's numbers (a :func:`apnb.evaluate.evaluate_model` row) as a narrow two-column table."""
     def show(m, v):
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "n/a"

@@ -22,9 +22,7 @@ from pathlib import Path
 import yaml
 
 from . import records
-from .config import atomic_path, atomic_write_text
-
-ROOT = Path(__file__).resolve().parent.parent
+from .config import atomic_path, atomic_write_text, project_root
 
 
 class RunError(RuntimeError):
@@ -32,7 +30,8 @@ class RunError(RuntimeError):
 
 
 def repo_root() -> Path:
-    return Path(os.environ.get("APNB_ROOT", ROOT))
+    """:func:`apnb.config.project_root`: where ``_toc.yml``, ``profiles/``, ``notebooks/`` and ``build/`` are."""
+    return project_root()
 
 
 def toc_notebooks(root: Path | None = None) -> list[Path]:
@@ -252,8 +251,9 @@ def for_readers(executed: Path, dest: Path) -> Path:
     """Copy an executed notebook into the book with its plumbing out of the reader's way.
 
     Cells that only import are removed; the parameter cell and papermill's injected one are folded
-    (``hide-cell``: one click shows the profile's values); progress-bar widgets are dropped (their text
-    fallback would print a bar into the page). The executed notebook in the runs folder is left as it is."""
+    (``hide-cell``: one click shows the profile's values); progress-bar widgets are dropped, their views and
+    the widget state the kernel saved in the notebook's metadata (its text would print a bar into the page).
+    The executed notebook in the runs folder is left as it is."""
     import nbformat
 
     nb = nbformat.read(str(executed), as_version=4)
@@ -267,6 +267,7 @@ def for_readers(executed: Path, dest: Path) -> Path:
             tags.append("remove-cell")
         cell.outputs = [o for o in cell.get("outputs", [])
                         if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
+    nb.metadata.pop("widgets", None)  # the state of the dropped views ("7/7 [00:07<00:00, 1.18s/it]")
     dest.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(dest))
     return dest

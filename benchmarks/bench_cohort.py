@@ -2,12 +2,12 @@
 
 One grid of the demo's main student size (4 methods x 3 seeds of KD students, the demo profile's data,
 teacher architecture, student schedule and beta) is trained twice into two empty stores: one student at a
-time (:func:`apnb.experiments.distill`, as a loop over the grid would), then as cohorts
-(:func:`apnb.experiments.distill_many`: the students of one seed share each batch and one teacher pass).
+time (:func:`apnb.recipes.distill`, as a loop over the grid would), then as cohorts
+(:func:`apnb.recipes.distill_many`: the students of one seed share each batch and one teacher pass).
 The teacher has the demo architecture with its seeded initial weights, untrained: the cost of a step does
 not depend on what the teacher has learned. Both runs must give the same networks; the script checks it.
 With ``--grid structured`` the grid is that of notebook 03 instead: the teacher l1-pruned at the demo
-rate, fine-tuned with each method (:func:`apnb.experiments.prune_structured_many`); there the pruned
+rate, fine-tuned with each method (:func:`apnb.recipes.prune_structured_many`); there the pruned
 network is much cheaper than the teacher, so the shared teacher pass is most of each step. The last line
 is the ratio:
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 import yaml
-
-from apnb import experiments as X
+from apnb.data import splits as D
+from apnb import recipes as R
 from apnb import models as M
 from apnb.store import Store
 
@@ -37,7 +37,7 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a = ap.parse_args()
     p = yaml.safe_load((ROOT / "profiles/demo.yml").read_text())["defaults"]
-    data = X.voc_data(str(ROOT / p["data_root"]), p["synth"], p["image_size"])
+    data = D.voc_data(str(ROOT / p["data_root"]), p["synth"], p["image_size"])
     tspec = dict(p["teacher_spec"], num_classes=len(data["classes"]))
     teacher = M.build(tspec, seed=0).eval()
     kw = dict(device="cpu", progress=False)
@@ -45,30 +45,30 @@ def main():
         sspec = dict(tspec, width_div=tspec["width_div"] * p["main_div"])
         train = dict(p["student_train"], epochs=a.epochs)
         jobs = [{"student_spec": sspec, "method": m, "train": dict(train, seed=s), "beta": p["beta"].get(m)}
-                for s in a.seeds for m in X.METHODS]
+                for s in a.seeds for m in R.METHODS]
         what = f"KD students VGG16/{p['main_div']}-style (width/{sspec['width_div']})"
 
         def one(j, store):
-            return X.distill(teacher, "bench", j["student_spec"], j["method"], data, j["train"], beta=j["beta"],
+            return R.distill(teacher, "bench", j["student_spec"], j["method"], data, j["train"], beta=j["beta"],
                              T=p["kd_T"], alpha=p["kd_alpha"], store=store, **kw)[0]
 
         def many(store):
-            return [m for m, _ in X.distill_many(teacher, "bench", jobs, data, T=p["kd_T"], alpha=p["kd_alpha"],
+            return [m for m, _ in R.distill_many(teacher, "bench", jobs, data, T=p["kd_T"], alpha=p["kd_alpha"],
                                                  store=store, **kw)]
     else:
         train = dict(p["structured_finetune"], epochs=a.epochs)
-        jobs = [{"method": m, "train": dict(train, seed=s), "beta": p["beta"].get(m)} for s in a.seeds for m in X.METHODS]
+        jobs = [{"method": m, "train": dict(train, seed=s), "beta": p["beta"].get(m)} for s in a.seeds for m in R.METHODS]
         what = f"structured fine-tunes of the teacher pruned at rho_c={p['rho_c']}"
         size = p["image_size"]
 
         def one(j, store):
-            return X.prune_structured(teacher, "bench", j["method"], data, j["train"], p["rho_c"], size,
+            return R.prune_structured(teacher, "bench", j["method"], data, j["train"], p["rho_c"], size,
                                       beta=j["beta"], store=store, **kw)[0]
 
         def many(store):
-            return [m for m, _ in X.prune_structured_many(teacher, "bench", jobs, data, p["rho_c"], size,
+            return [m for m, _ in R.prune_structured_many(teacher, "bench", jobs, data, p["rho_c"], size,
                                                           store=store, **kw)]
-    print(f"{len(jobs)} networks: {what}, methods {', '.join(X.METHODS)} x seeds {a.seeds}, {a.epochs} epochs of "
+    print(f"{len(jobs)} networks: {what}, methods {', '.join(R.METHODS)} x seeds {a.seeds}, {a.epochs} epochs of "
           f"{len(data['train']) // train['batch_size']} batches of {train['batch_size']}; "
           f"{torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as d1, tempfile.TemporaryDirectory() as d2:

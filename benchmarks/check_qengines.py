@@ -8,8 +8,8 @@ largest logit difference as a fraction of the logit range. Trains the demo teach
     python benchmarks/check_qengines.py
 """
 import torch
-
-from apnb import experiments as X
+from apnb.data import splits as D
+from apnb import recipes as R
 from apnb import quantization as Q
 from apnb.engine import Compress, TrainConfig, fit
 
@@ -22,16 +22,16 @@ QAT = {"epochs": 1, "lr": 0.0001, "optimizer": "adamw", "schedule": "cosine", "b
 
 
 def main():
-    data, teacher, tinfo, _, _ = X.voc_setup("build/data/synth-voc", SYNTH, 64, TEACHER, TRAIN, PRE, False, "last_conv", "cpu")
-    x, _ = X.tensors(data["val"])
-    x_cal, _ = X.train_images(data, 256, 0)
+    data, teacher, tinfo, _, _ = R.voc_setup("build/data/synth-voc", SYNTH, 64, TEACHER, TRAIN, PRE, False, "last_conv", "cpu")
+    x, _ = D.tensors(data["val"])
+    x_cal, _ = D.train_images(data, 256, 0)
     print(f"{'engine':8s} {'recipe':5s} {'top-1 agreement':>16s} {'max |logit diff| / range':>26s}")
     for engine in ("onednn", "qnnpack", "x86", "fbgemm"):
         if engine not in Q._SUPPORTED:
             continue
         ptq = Q.calibrate(Q.prepare(teacher, x_cal[:64], 8, "ptq", engine), x_cal)
         qat = Q.prepare(teacher, x_cal[:64], 8, "qat", engine)
-        fit(qat, Compress(teacher.eval(), X.matching_for("naive"), kd=False), data["train"], TrainConfig(**QAT),
+        fit(qat, Compress(teacher.eval(), R.matching_for("naive"), kd=False), data["train"], TrainConfig(**QAT),
             device="cpu", progress=False)
         Q.freeze(qat.cpu())
         for name, q in (("PTQ", ptq), ("QAT", qat)):

@@ -192,3 +192,23 @@ def test_occlusion_on_a_linear_model_by_hand():
     patch = contrib.sum(0).view(2, 2, 2, 2).sum((1, 3))  # [2,2] patch totals
     expected = 3 * patch.repeat_interleave(2, 0).repeat_interleave(2, 1)
     assert torch.allclose(maps[0], expected, atol=1e-5)
+
+
+def test_expected_gradients_do_not_depend_on_the_global_generator(net):
+    """captum's GradientShap draws from numpy's global generator: the map must come from ``seed`` alone, and
+    the caller's generator must be left where it was."""
+    import numpy as np
+
+    x, base, t = torch.randn(2, 3, 32, 32), torch.randn(6, 3, 32, 32), torch.tensor([1, 3])
+    np.random.seed(1)
+    a = attribute(net, x, t, "eg", baselines=base, n_samples=4)
+    after = np.random.random()
+    np.random.seed(1)
+    np.random.random(), np.random.random()  # a different state going in
+    b = attribute(net, x, t, "eg", baselines=base, n_samples=4)
+    assert torch.equal(a, b)
+    np.random.seed(1)
+    attribute(net, x, t, "eg", baselines=base, n_samples=4)
+    assert np.random.random() == after  # restored
+    c = attribute(net, x, t, "eg", baselines=base, n_samples=4, seed=5)
+    assert not torch.equal(a, c)

@@ -73,15 +73,16 @@ def _teacher_notebook(path):
         new_code_cell('profile = "smoke"\nseeds = [0]\ndata_root = ""\nstore = ""', metadata={"tags": ["parameters"]}),
         new_code_cell(
             "import hashlib\n"
-            "from apnb import experiments as X, records\n"
+            "from apnb import recipes as R, records\n"
+            "from apnb.data import splits as D\n"
             "from apnb.store import Store\n"
             "calls = []\n"
-            "_fit = X.fit\n"
-            "X.fit = lambda *a, **k: (calls.append(1), _fit(*a, **k))[1]\n"
-            "data = X.voc_data(data_root, None, 32)\n"
+            "_fit = R.fit\n"
+            "R.fit = lambda *a, **k: (calls.append(1), _fit(*a, **k))[1]\n"
+            "data = D.voc_data(data_root, None, 32)\n"
             "spec = {'arch': 'vgg16_bn', 'width_div': 16, 'n_pools': 2, 'head_pool': 1, 'num_classes': len(data['classes'])}\n"
             "tr = {'epochs': 1, 'lr': 0.05, 'schedule': 'onecycle', 'batch_size': 16, 'seed': 0}\n"
-            "model, info = X.get_teacher(spec, data, tr, store=Store(store), device='cpu', progress=False)\n"
+            "model, info = R.get_teacher(spec, data, tr, store=Store(store), device='cpu', progress=False)\n"
             "h = hashlib.sha256(b''.join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()\n"
             "records.log('runs', [{'seed': seeds[0], 'metric': 'fits', 'value': len(calls), 'weights': h}])"),
     ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})

@@ -1,4 +1,4 @@
-"""Cohort training (:func:`apnb.engine.fit_cohort`, :func:`apnb.experiments.distill_many`): one batch and one
+"""Cohort training (:func:`apnb.engine.fit_cohort`, :func:`apnb.recipes.distill_many`): one batch and one
 teacher pass serve every member, and each member ends exactly as it would trained alone."""
 import os
 import subprocess
@@ -8,8 +8,8 @@ import textwrap
 import pytest
 import torch
 from torch.utils.data import TensorDataset
-
-from apnb import experiments as X
+from apnb.data import splits as D
+from apnb import recipes as R
 from apnb import models as M
 from apnb.engine import Compress, Member, TrainConfig, fit, fit_cohort, load_checkpoint
 from apnb.store import Store
@@ -140,38 +140,38 @@ def test_sigkill_mid_epoch_and_resume_equals_uninterrupted_cohort(tmp_path):
 def test_distill_many_trains_cohorts_under_the_single_store_keys(tmp_path, synth_root):
     """distill_many groups by seed and architecture, gives distill's networks under distill's keys, and loads
     what the store already has instead of training it."""
-    data = X.voc_data(str(synth_root), None, 32)
+    data = D.voc_data(str(synth_root), None, 32)
     spec = {"arch": "vgg16_bn", "num_classes": len(data["classes"]), "width_div": 16, "n_pools": 2, "head_pool": 1}
     teacher = M.build(spec, seed=0).eval()
     sspec = dict(spec, width_div=32)
     train = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "onecycle", "batch_size": 8}
     store = Store(tmp_path / "store")
-    one, _ = X.distill(teacher, "t", sspec, "swa", data, dict(train, seed=1), beta=3.0, store=Store(tmp_path / "alone"),
+    one, _ = R.distill(teacher, "t", sspec, "swa", data, dict(train, seed=1), beta=3.0, store=Store(tmp_path / "alone"),
                        progress=False)
     jobs = [{"student_spec": sspec, "method": m, "train": dict(train, seed=s), "beta": 3.0}
             for s in (0, 1) for m in ("naive", "swa")] + [{"student_spec": spec, "method": "naive",
                                                            "train": dict(train, seed=0)}]
-    out = X.distill_many(teacher, "t", jobs, data, store=store, progress=False)
+    out = R.distill_many(teacher, "t", jobs, data, store=store, progress=False)
     assert [info["cohort"] for _, info in out] == [2, 2, 2, 2, 1]  # (seed 0, /32), (seed 1, /32), (seed 0, /16)
     assert _equal(out[3][0], one)  # swa, seed 1: the same network as distill alone
-    again = X.distill_many(teacher, "t", jobs[:2], data, store=store, progress=False)
+    again = R.distill_many(teacher, "t", jobs[:2], data, store=store, progress=False)
     assert all(_equal(a, b[0]) for (a, _), b in zip(again, out[:2]))
     assert again[0][1]["cohort"] == 2  # loaded from the store with its training record, not retrained
-    single, _ = X.distill(teacher, "t", sspec, "naive", data, dict(train, seed=0), store=store, progress=False)
+    single, _ = R.distill(teacher, "t", sspec, "naive", data, dict(train, seed=0), store=store, progress=False)
     assert _equal(single, out[0][0])
     left = sorted(f.name for f in store.root.glob("*/*") if f.is_file())
     assert left and set(left) == {"cfg.json", "final.pt"}  # resume checkpoints go once final.pt is written
 
 
 def test_prune_structured_many_equals_single_calls(tmp_path, synth_root):
-    data = X.voc_data(str(synth_root), None, 32)
+    data = D.voc_data(str(synth_root), None, 32)
     spec = {"arch": "vgg16_bn", "num_classes": len(data["classes"]), "width_div": 16, "n_pools": 2, "head_pool": 1}
     teacher = M.build(spec, seed=0).eval()
     train = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "cosine", "batch_size": 8, "seed": 2}
     jobs = [{"method": m, "train": train, "beta": 3.0} for m in ("naive", "ewa", "sswa")]
-    out = X.prune_structured_many(teacher, "t", jobs, data, 0.5, 32, store=Store(tmp_path / "a"), progress=False)
+    out = R.prune_structured_many(teacher, "t", jobs, data, 0.5, 32, store=Store(tmp_path / "a"), progress=False)
     assert [info["cohort"] for _, info in out] == [3, 3, 3]
     assert out[0][1]["params_after"] < out[0][1]["params_before"]
-    one, info = X.prune_structured(teacher, "t", "sswa", data, train, 0.5, 32, beta=3.0, store=Store(tmp_path / "b"),
+    one, info = R.prune_structured(teacher, "t", "sswa", data, train, 0.5, 32, beta=3.0, store=Store(tmp_path / "b"),
                                    progress=False)
     assert info["cohort"] == 1 and _equal(one, out[2][0])

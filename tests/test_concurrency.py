@@ -47,18 +47,19 @@ def test_concurrent_synth_into_one_folder(tmp_path):
 TEACHER = textwrap.dedent("""
     import hashlib, json, sys, torch
     torch.set_num_threads(1)
-    from apnb import experiments as X
+    from apnb.data import splits as D
+    from apnb import recipes as R
     from apnb.store import Store
     calls = []
-    real_fit = X.fit
+    real_fit = R.fit
     def counting_fit(*a, **k):
         calls.append(1)
         return real_fit(*a, **k)
-    X.fit = counting_fit
-    data = X.voc_data(sys.argv[1], None, 32)
+    R.fit = counting_fit
+    data = D.voc_data(sys.argv[1], None, 32)
     spec = {"arch": "vgg16_bn", "width_div": 16, "n_pools": 2, "head_pool": 1, "num_classes": len(data["classes"])}
     tr = {"epochs": 2, "lr": 0.01, "optimizer": "adamw", "schedule": "cosine", "batch_size": 8, "seed": 0}
-    model, info = X.get_teacher(spec, data, tr, None, store=Store(sys.argv[2]), device="cpu", progress=False,
+    model, info = R.get_teacher(spec, data, tr, None, store=Store(sys.argv[2]), device="cpu", progress=False,
                                 guards=None)
     h = hashlib.sha256(b"".join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()
     print(json.dumps({"fits": len(calls), "weights": h}))

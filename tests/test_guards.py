@@ -1,9 +1,10 @@
 """Premise guards, seeded initialisation, the top-1 map similarity and the baseline maps."""
+import pandas as pd
 import pytest
 import torch
-
 from apnb import evaluate as E
-from apnb import experiments as X
+from apnb.data import splits as D
+from apnb import recipes as R
 from apnb import guards as G
 from apnb import metrics as Mt
 from apnb import models as M
@@ -56,36 +57,36 @@ def test_guards_validate():
 def test_teacher_that_learns_nothing_is_stopped(tmp_path, synth_root):
     """A teacher whose pretraining does not move (lr 1e-9) raises before anything is built on it; so does
     one whose cue-free mAP misses the threshold; nothing is returned."""
-    data = X.voc_data(str(synth_root), None, 32)
+    data = D.voc_data(str(synth_root), None, 32)
     spec = dict(SPEC, num_classes=len(data["classes"]))
     frozen = {"epochs": 3, "lr": 1e-9, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
     tr = {"epochs": 1, "lr": 1e-9, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
     data["pretrain"] = data["train"]  # the fixture's pretrain split is smaller than one batch
     with pytest.raises(G.PremiseError, match="^teacher: the pretrain loss never left its plateau"):
-        X.get_teacher(spec, data, tr, frozen, store=Store(tmp_path), device="cpu", progress=False,
+        R.get_teacher(spec, data, tr, frozen, store=Store(tmp_path), device="cpu", progress=False,
                       guards={"plateau": 0.8})
     # the stored network is refused again on load, without training
     with pytest.raises(G.PremiseError, match="plateau"):
-        X.get_teacher(spec, data, tr, frozen, store=Store(tmp_path), device="cpu", progress=False,
+        R.get_teacher(spec, data, tr, frozen, store=Store(tmp_path), device="cpu", progress=False,
                       guards={"plateau": 0.8})
     with pytest.raises(G.PremiseError, match=r"^teacher: mAP_nocue \(cue-free val\) = 0\.\d+ is below the required 0\.990"):
-        X.get_teacher(spec, data, tr, frozen, store=Store(tmp_path), device="cpu", progress=False,
+        R.get_teacher(spec, data, tr, frozen, store=Store(tmp_path), device="cpu", progress=False,
                       guards={"plateau": None, "teacher_map_nocue": 0.99})
 
 
 def test_student_at_chance_is_stopped(tmp_path, synth_root):
-    data = X.voc_data(str(synth_root), None, 32)
+    data = D.voc_data(str(synth_root), None, 32)
     spec = dict(SPEC, num_classes=len(data["classes"]))
     tr = {"epochs": 1, "lr": 1e-9, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
-    teacher, info = X.get_teacher(spec, data, tr, None, store=Store(tmp_path), device="cpu", progress=False,
+    teacher, info = R.get_teacher(spec, data, tr, None, store=Store(tmp_path), device="cpu", progress=False,
                                   guards=None)
     with pytest.raises(G.PremiseError, match=r"^student naive /32 seed 0: mAP \(val; chance is 0\.\d+\)"):
-        X.distill(teacher, info["key"], dict(spec, width_div=32), "naive", data, tr, store=Store(tmp_path),
+        R.distill(teacher, info["key"], dict(spec, width_div=32), "naive", data, tr, store=Store(tmp_path),
                   device="cpu", progress=False, guards={"student_over_chance": 0.9})
 
 
 def test_top1_similarity_and_baselines(synth_root, small_vgg):
-    data = X.voc_data(str(synth_root), None, 32)
+    data = D.voc_data(str(synth_root), None, 32)
     net = M.build(dict(SPEC, num_classes=len(data["classes"])), seed=0)
     t = E.top1_maps(net, data["val"], device="cpu")
     assert E.top1_similarity(t, t)["cos_top1"] == pytest.approx(1.0)
@@ -107,5 +108,18 @@ def test_top1_similarity_and_baselines(synth_root, small_vgg):
     assert torch.equal(r1, r2)
     with pytest.raises(ValueError, match="use center or random"):
         E.baseline_attr("corner")
-    row, _ = X.evaluate_model(net, data, device="cpu", attr=E.baseline_attr("random"))
+    row, _ = E.evaluate_model(net, data, device="cpu", attr=E.baseline_attr("random"))
     assert 0.0 <= row["AUC"] <= 1.0 or row["AUC"] != row["AUC"]
+
+
+def test_voc_setup_is_the_teacher_and_its_row(tmp_path, synth_root):
+    """:func:`apnb.recipes.voc_setup`: the data, the stored teacher, and its row and maps, by name or unpacked."""
+    tr = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
+    S = R.voc_setup(str(synth_root), None, 32, SPEC, tr, device="cpu", store=Store(tmp_path))
+    data, teacher, info, row, loc = S  # unpacks as the notebooks use it
+    assert S.key == info["key"] and S.teacher is teacher and len(S.data["classes"]) == 4
+    again, _ = R.get_teacher(dict(SPEC, num_classes=4), data, tr, None, store=Store(tmp_path), device="cpu",
+                             progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), again.state_dict().values()))
+    ref, _ = E.evaluate_model(teacher, data, device="cpu")
+    assert pd.Series(row).equals(pd.Series(ref)) and loc.maps.shape[0] == len(loc.pairs)  # NaN equal to NaN

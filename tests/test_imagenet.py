@@ -2,9 +2,9 @@
 import pytest
 import torch
 from torchvision.models.resnet import ResNet
-
 from apnb import evaluate as E
-from apnb import experiments as X
+from apnb.data import splits as D
+from apnb import recipes as R
 from apnb import models as M
 
 pytestmark = pytest.mark.unit
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.unit
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("inet")
-    return X.imagenet_data(root, {"classes": 3, "n_train": 12, "n_val": 10, "size": 32, "seed": 0}, 32)
+    return D.imagenet_data(root, {"classes": 3, "n_train": 12, "n_val": 10, "size": 32, "seed": 0}, 32)
 
 
 def test_imagenet_data_splits(data):
@@ -27,7 +27,7 @@ def test_imagenet_data_splits(data):
 def test_top1_map_scored_on_every_image(data):
     torch.manual_seed(0)
     net = M.build({"arch": "resnet34", "num_classes": 3, "width_div": 16, "maxpool": False}).eval()
-    loc = E.localization(net, data["loc"], "cpu", single_label=True)
+    loc = E.localization(net, data["loc"], "cpu", multilabel=False)
     p = loc.pairs
     assert len(p) == len(data["loc"])  # one row per image, right or wrong
     with torch.no_grad():
@@ -39,7 +39,7 @@ def test_top1_map_scored_on_every_image(data):
     assert p.predicted.all()  # scored whether right or wrong (supplement B)
     # similarity pairs the two networks' top-1 maps image by image
     net2 = M.build({"arch": "resnet34", "num_classes": 3, "width_div": 16, "maxpool": False}).eval()
-    sim = E.similarity(loc, E.localization(net2, data["loc"], "cpu", single_label=True))
+    sim = E.similarity(loc, E.localization(net2, data["loc"], "cpu", multilabel=False))
     assert sim["n_both"] == len(p) and -1 <= sim["cos"] <= 1
 
 
@@ -60,7 +60,9 @@ def test_torchvision_vgg_head():
         M.vgg("vgg16_bn", 7, head="x")
 
 
-def test_teacher_needs_training_or_weights(data):
+def test_teacher_needs_training_or_weights(data, tmp_path):
+    from apnb.store import Store
+
     with pytest.raises(ValueError, match="needs train="):
-        X.get_teacher({"arch": "vgg16_bn", "num_classes": 3, "width_div": 16, "n_pools": 2, "head_pool": 1}, data,
-                      None, multilabel=False)
+        R.get_teacher({"arch": "vgg16_bn", "num_classes": 3, "width_div": 16, "n_pools": 2, "head_pool": 1}, data,
+                      None, multilabel=False, store=Store(tmp_path / "store"))

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import torch
-
-from apnb import experiments as X
+from apnb.data import splits as D
+from apnb import recipes as R
+from apnb import retraining
 from apnb import models as M
 from apnb.attribution import attribute
 from apnb.store import Store
@@ -31,22 +32,22 @@ def test_preact_resnet18():
 
 
 def test_cifar_roar_and_diffroar(cifar_root, tmp_path):
-    data = X.cifar_data(str(cifar_root), 10)
+    data = D.cifar_data(str(cifar_root), 10)
     assert len(data["train"]) == 120 and len(data["val"]) == 40
     spec = {"arch": "preact_resnet18", "num_classes": 10, "width_div": 16}
     train = {"epochs": 6, "lr": 0.01, "optimizer": "adamw", "schedule": "onecycle", "batch_size": 20, "seed": 0}
-    model, _ = X.get_teacher(spec, data, train, store=Store(tmp_path), device="cpu", progress=False, multilabel=False)
-    tr, te = X.train_images(data, 120), X.tensors(data["val"])
+    model, _ = R.get_teacher(spec, data, train, store=Store(tmp_path), device="cpu", progress=False, multilabel=False)
+    tr, te = D.train_images(data, 120), D.tensors(data["val"])
     with torch.no_grad():
         assert (model(te[0]).argmax(1) == te[1]).float().mean() > 0.5  # the explained model learned the squares
     maps = {"inputgrad": tuple(attribute(model, x, y, "inputgrad") for x, y in (tr, te)), "random": None}
     clf = {"arch": "preact_resnet18", "num_classes": 10, "width_div": 16}
-    r = X.roar_voc(tr, te, maps, [0.0, 0.9], clf, train, "cpu", multilabel=False, kind="roar")
+    r = retraining.roar_benchmark(tr, te, maps, [0.0, 0.9], clf, train, "cpu", multilabel=False, kind="roar")
     assert list(r.columns) == ["ranking", "fraction", "acc"] and r.acc.between(0, 1).all()
     assert len(r) == 4 and r[r.fraction == 0].acc.nunique() == 1  # the unmodified baseline is shared
-    d = X.roar_voc(tr, te, maps, [0.1], clf, train, "cpu", multilabel=False, kind="diffroar")
+    d = retraining.roar_benchmark(tr, te, maps, [0.1], clf, train, "cpu", multilabel=False, kind="diffroar")
     assert list(d.columns) == ["ranking", "fraction", "top_kept", "bottom_kept", "diffroar"]
     assert np.allclose(d.diffroar, d.top_kept - d.bottom_kept)
     assert float(d[d.ranking == "random"].diffroar.iloc[0]) == 0.0
     with pytest.raises(ValueError, match="kind="):
-        X.roar_voc(tr, te, maps, [0.1], clf, train, "cpu", kind="road")
+        retraining.roar_benchmark(tr, te, maps, [0.1], clf, train, "cpu", kind="road")

@@ -2,8 +2,8 @@
 keeps the float network's layer names; QAT networks round-trip through the store."""
 import pytest
 import torch
-
-from apnb import experiments as X
+from apnb.data import splits as D
+from apnb import recipes as R
 from apnb import gradcam as G
 from apnb import matching
 from apnb import models as M
@@ -15,8 +15,8 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture
 def net_and_x(small_vgg, synth_root):
-    data = X.voc_data(str(synth_root), None, 32)
-    x, _ = X.tensors(data["val"])
+    data = D.voc_data(str(synth_root), None, 32)
+    x, _ = D.tensors(data["val"])
     small_vgg.eval()
     with torch.no_grad():  # give BN non-trivial statistics so that folding matters
         for m in small_vgg.modules():
@@ -66,17 +66,17 @@ def test_matching_loss_is_differentiable_through_fake_quant(net_and_x):
 
 
 def test_qat_is_stored_and_reloaded(synth_root, tmp_path):
-    data = X.voc_data(str(synth_root), None, 32)
+    data = D.voc_data(str(synth_root), None, 32)
     torch.manual_seed(0)
     teacher = M.vgg("vgg16_bn", num_classes=4, width_div=16, n_pools=2, head_pool=1).eval()
     train = {"epochs": 1, "lr": 1e-3, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
     store = Store(tmp_path)
-    q1, info = X.quantize(teacher, "t", "swa", data, train, bits=8, calib_images=16, beta=5.0, store=store,
+    q1, info = R.quantize(teacher, "t", "swa", data, train, bits=8, calib_images=16, beta=5.0, store=store,
                           device="cpu", progress=False)
     assert info["mode"] == "qat" and len(info["history"]) == 1
-    q2, _ = X.quantize(teacher, "t", "swa", data, train, bits=8, calib_images=16, beta=5.0, store=store,
+    q2, _ = R.quantize(teacher, "t", "swa", data, train, bits=8, calib_images=16, beta=5.0, store=store,
                        device="cpu", progress=False)
-    x, _ = X.tensors(data["val"])
+    x, _ = D.tensors(data["val"])
     with torch.no_grad():
         assert torch.equal(q1(x), q2(x))
     assert all(int(m.observer_enabled) == 0 for m in q2.modules() if isinstance(m, torch.ao.quantization.FakeQuantize))
@@ -89,6 +89,6 @@ def test_bad_quantization_requests(small_vgg, synth_root):
         Q.qconfig(1)
     with pytest.raises(M.ModelError, match="VGG"):
         Q.prepare(M.resnet34(4, width_div=16), torch.zeros(1, 3, 32, 32))
-    data = X.voc_data(str(synth_root), None, 32)
+    data = D.voc_data(str(synth_root), None, 32)
     with pytest.raises(ValueError, match="PTQ trains nothing"):
-        X.quantize(small_vgg, "t", "sswa", data, None)
+        R.quantize(small_vgg, "t", "sswa", data, None)

@@ -70,7 +70,7 @@ def test_verdict_carries_its_parts_and_the_scorecard_reads_them():
     assert (v.claim, v.paper, v.finding) == ("Drift: naive AUC minus teacher AUC", "negative, -8.8 points",
                                              "supports the paper's direction")
     one = report.verdict({"diff": 0.02, "ci": float("nan"), "n": 1, "p": float("nan")}, "SSWA minus naive (paper: positive)")
-    rows = report.verdict_rows([v, one, "a plain line: 3"], scorecard=(0, 1), study="x")
+    rows = report.verdict_rows([v, one, report.note("a plain line: 3")], scorecard=(0, 1), study="x")
     assert [r["scorecard"] for r in rows] == [True, True, False] and rows[2]["claim"] == "a plain line"
     assert rows[1]["ours"] == "+0.020 (one seed)" and all(r["study"] == "x" for r in rows)
     rec = {"commit": "abcdef123", "rows": [dict(r, table="verdict") for r in rows]}
@@ -82,6 +82,28 @@ def test_verdict_carries_its_parts_and_the_scorecard_reads_them():
     assert "commit" not in html and "&lt;" not in html
     with pytest.raises(ValueError, match="re-run it"):
         report.scorecard({"01_x": {"rows": []}}, {"01_x": "Distillation"})
+
+
+def test_study_verdicts_are_structured_and_the_summary_reads_their_answers():
+    v = report.verdict({"diff": 0.1, "ci": 0.05, "n": 3}, "SWA minus gradient AT, AUC", None, study="Gradient AT")
+    assert str(v).startswith("Gradient AT: SWA minus gradient AT, AUC: +0.100")
+    assert v.study == "Gradient AT" and v.claim == "SWA minus gradient AT, AUC"
+    assert v.answer == str(v)[len("Gradient AT: "):]
+    n = report.note("across beta 3-100 the AUC means span 70.1 to 74.2", study="Sensitivity", claim="beta sweep")
+    assert str(n) == "Sensitivity: across beta 3-100 the AUC means span 70.1 to 74.2" and n.claim == "beta sweep"
+    # a study given to verdict_rows names lines that carry none; the line keeps its own text as the answer
+    plain = report.note("KD: no method lowers the drop")
+    rows = report.verdict_rows([v, n, plain], study="Right reasons")
+    assert [r["study"] for r in rows] == ["Gradient AT", "Sensitivity", "Right reasons"]
+    rec = {"notebook": "20_x.ipynb", "rows": [dict(r, table="verdict") for r in rows]}
+    assert report.study_answers(rec, "Sensitivity") == "across beta 3-100 the AUC means span 70.1 to 74.2"
+    assert report.study_answers(rec, "Right reasons") == "KD: no method lowers the drop"
+    assert report.study_answers(rec, "Dynamics") == ""
+    with pytest.raises(TypeError, match="report.note"):
+        report.verdict_rows(["Design: a sentence"])
+    old = {"notebook": "20_x.ipynb", "rows": [{"table": "verdict", "study": "Design", "value": "Design: x"}]}
+    with pytest.raises(ValueError, match="apnb run notebooks/20_x.ipynb --force"):
+        report.study_answers(old, "Design")
 
 
 def test_execution_table_and_store_tally(tmp_path, monkeypatch):

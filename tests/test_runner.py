@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -110,11 +111,14 @@ def test_for_readers_folds_parameters_removes_imports_and_progress_widgets(tmp_p
                                                             "text/plain": "students:  8%|#  | 1/12"}),
                     nbformat.v4.new_output("execute_result", {"text/plain": "array([0., 0.])"}, execution_count=1)]
     nb.cells = [imp, par, inj, work]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"m": {"state": {
+        "value": "7/7 [00:07<00:00,  1.18s/it]"}}}, "version_major": 2, "version_minor": 0}}
     nbformat.write(nb, tmp_path / "ex.ipynb")
     out = nbformat.read(runner.for_readers(tmp_path / "ex.ipynb", tmp_path / "book" / "ex.ipynb"), as_version=4)
     assert [c.metadata.get("tags") for c in out.cells] == [["remove-cell"], ["parameters", "hide-cell"],
                                                           ["injected-parameters", "hide-cell"], []]
     assert [o["output_type"] for o in out.cells[3].outputs] == ["execute_result"]  # the bar is gone, the result kept
+    assert "widgets" not in out.metadata  # and so is its saved state, which the page would embed
     assert nbformat.read(tmp_path / "ex.ipynb", as_version=4).cells[0].metadata.get("tags") is None  # source untouched
 
 
@@ -142,3 +146,28 @@ def test_a_notebook_that_reads_other_records_comes_after_them_in_the_toc():
         assert not later, f"{nb.stem} reads the records of {later}, which come after it in _toc.yml"
         if "toc_notebooks()" in code:  # it reads every chapter: it must be the last
             assert i == len(order) - 1, f"{nb.stem} reads every chapter's record but is not the last notebook of _toc.yml"
+
+
+def test_store_runs_and_data_resolve_against_one_root(tmp_path, monkeypatch):
+    """Every relative path (store, runs, a profile's data_root) lives under apnb.config.project_root, whatever
+    the working directory."""
+    import apnb
+    from apnb import config
+    from apnb.data import splits
+
+    proj = tmp_path / "proj"
+    monkeypatch.setenv("APNB_ROOT", str(proj))
+    monkeypatch.delenv("APNB_STORE", raising=False)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert config.store_dir() == proj / "build" / "store"
+    assert runner.runs_dir("demo") == proj / "build" / "runs" / "demo"
+    assert config.resolve_path("build/data/x") == proj / "build" / "data" / "x"
+    assert config.resolve_path(tmp_path / "abs") == tmp_path / "abs"
+    monkeypatch.setenv("APNB_STORE", "other/store")
+    assert config.store_dir() == proj / "other" / "store"
+    d = splits.voc_data("build/data/tiny", {"classes": 2, "n_train": 8, "n_val": 4, "n_seg": 4, "n_pretrain": 4,
+                                            "size": 32, "seed": 0}, 32)
+    assert d["root"].is_relative_to(proj / "build" / "data" / "tiny") and not (tmp_path / "elsewhere" / "build").exists()
+    monkeypatch.delenv("APNB_ROOT")
+    assert config.project_root() == Path(apnb.__file__).resolve().parent.parent

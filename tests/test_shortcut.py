@@ -5,9 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from apnb import evaluate as E
-from apnb import experiments as X
+from apnb.data import splits as D
 from apnb.data import synthetic
 
 pytestmark = pytest.mark.unit
@@ -38,15 +37,15 @@ def test_mass_shares_hand_case():
 def test_shortcut_row_on_the_synthetic_benchmark(synth_root):
     from apnb.models import vgg
 
-    data = X.voc_data(str(synth_root), None, 32)
+    data = D.voc_data(str(synth_root), None, 32)
     assert {"val_nocue", "val_cueflip"} <= set(data)
     torch.manual_seed(0)
     model = vgg("vgg16_bn", num_classes=len(data["classes"]), width_div=16, n_pools=2, head_pool=1)
-    row, loc = X.evaluate_model(model, data, "last_conv", "cpu")
-    sc = X.shortcut_row(model, data, row, loc, "last_conv", "cpu")
+    row, loc = E.evaluate_model(model, data, "last_conv", "cpu")
+    sc = E.shortcut_row(model, data, row, loc, "last_conv", "cpu")
     assert sc["gap_nocue"] == pytest.approx(row["mAP"] - row["mAP_nocue"])
     assert sc["gap_cueflip"] == pytest.approx(row["mAP"] - sc["mAP_cueflip"])
-    assert sc["mAP_cueflip"] == pytest.approx(X.E.prediction_metrics(model, data["val_cueflip"], "cpu")["mAP"])
+    assert sc["mAP_cueflip"] == pytest.approx(E.prediction_metrics(model, data["val_cueflip"], "cpu")["mAP"])
     for k in ("mass_object", "mass_cue"):
         assert math.isnan(sc[k]) or 0.0 <= sc[k] <= 1.0
     assert not math.isnan(sc["mAP_cueflip"])
