@@ -1,4 +1,5 @@
-"""The data a notebook works on, assembled from the loaders of :mod:`apnb.data`: the VOC splits (paper
+"""The data a notebook works on, assembled from the loaders of :mod:`apnb.data.voc`, :mod:`apnb.data.imagenet`
+and :mod:`apnb.data.cifar` (and the generator of :mod:`apnb.data.synthetic`): the VOC splits (paper
 Sec. 4), the ImageNet splits with foreground masks (supplement B) and CIFAR (the LPI supplement), each a dict
 of datasets with ``classes``, the ``root`` and an ``id`` that names the data in store keys; and small
 ``(x, y)`` tensor stacks of a split.
