@@ -64,6 +64,7 @@ class Verdict(str):
     paper: str | None
     ours: str
     finding: str
+    answer: str
 
     def __new__(cls, text: str, what: str, ours: str, finding: str, study: str | None = None):
         obj = super().__new__(cls, f"{study}: {text}" if study else text)
@@ -79,8 +80,7 @@ def note(text: str, study: str | None = None, claim: str | None = None) -> Verdi
     """A finding that is not one paired test (a range over a sweep, a ranking, a count, a caveat), as a
     :class:`Verdict`: the sentence ``text`` (shown as ``study: text`` when ``study`` is given), its ``claim``
     (default: ``text`` up to its first colon, at most 70 characters) and no paper direction."""
-    head = text.split(":", 1)[0] if ":" in text else text
-    return Verdict(text, claim or head[:70].strip(), "", "", study)
+    return Verdict(text, claim or text.split(":", 1)[0][:70].strip(), "", "", study)
 
 
 def verdict(diff: dict, what: str, paper_sign: int | None = 1, study: str | None = None) -> Verdict:

@@ -95,12 +95,13 @@ def imagenet_data(data_root: str, synth: dict | None, image_size: int, gtsegs: s
 def cifar_data(root: str, num_classes: int = 10, limit_train: int | None = None, limit_test: int | None = None) -> dict:
     """CIFAR-10/100 (python pickle batches under ``root``) as ``train`` / ``val`` tensor datasets with a store id;
     the LPI supplement's data (single label, 32 px)."""
-    tr, te = load_cifar(resolve_path(root), True, num_classes), load_cifar(resolve_path(root), False, num_classes)
+    path = resolve_path(root)
+    tr, te = load_cifar(path, True, num_classes), load_cifar(path, False, num_classes)
     if limit_train:
         tr = torch.utils.data.TensorDataset(*(t[:limit_train] for t in tr.tensors))
     if limit_test:
         te = torch.utils.data.TensorDataset(*(t[:limit_test] for t in te.tensors))
-    return {"root": Path(root), "train": tr, "val": te, "classes": list(range(num_classes)),
+    return {"root": path, "train": tr, "val": te, "classes": list(range(num_classes)),
             "id": {"root": str(root), "cifar": num_classes, "n_train": len(tr), "n_test": len(te)}}
 
 
