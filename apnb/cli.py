@@ -25,7 +25,8 @@ def main(argv=None):
     r.add_argument("--list", action="store_true", help="list the notebooks of the book and exit")
     r.add_argument("--profile", default="demo", help="smoke, demo or paper (profiles/<name>.yml); default demo")
     r.add_argument("-p", nargs=2, action="append", metavar=("KEY", "VALUE"),
-                   help="override one parameter (YAML value), repeatable")
+                   help="override one parameter (YAML value), repeatable; KEY recipe.field (e.g. matching.p) "
+                        "replaces one field of a recipe mapping")
     r.add_argument("--force", action="store_true", help="re-run even if nothing changed")
     r.add_argument("--seeds", type=int, nargs="+", help="fan out one job per seed (with --executor)")
     r.add_argument("--executor", choices=["local", "slurm"],

@@ -10,6 +10,10 @@ it; each entry is trained under its store lock (:meth:`apnb.store.Store.lock`); 
 its premise guards (:mod:`apnb.guards`) before it is returned. Every recipe returns ``(model, info)``;
 ``match_layers`` names the layers the regularizer matches, ``prune_layers`` the convolutions pruning removes
 channels from, and ``multilabel=False`` selects the single-label (ImageNet, CIFAR) losses and metrics.
+
+The notebooks call the recipes through the profiles' recipe mappings (``matching``, ``kd``, ``structured``,
+``unstructured``; the end of this module): :func:`student`, :func:`structured_nets`, :func:`unstructured_net`
+and :func:`quantized` take a :class:`Setup` and a mapping, and give the networks of the flat functions.
 """
 from __future__ import annotations
 
@@ -316,12 +320,15 @@ def quantize(teacher, teacher_key: str, method: str, data: dict, train: dict | N
 
 
 class Setup(NamedTuple):
-    """What every VOC notebook starts from (:func:`voc_setup`); unpacks as ``data, teacher, info, row, loc``."""
+    """What every VOC notebook starts from (:func:`voc_setup`): the data, the full network and where it runs."""
     data: dict
     teacher: torch.nn.Module
     info: dict  # the teacher's training history and store key
     row: dict  # its :func:`apnb.evaluate.evaluate_model` row
     loc: LocResult  # its maps, the reference of every student's cosine and l2
+    spec: dict  # the teacher's model spec, as the profile gives it plus num_classes; students derive theirs
+    device: torch.device
+    image_size: int  # the side of the images the networks see (structured pruning traces at this size)
 
     @property
     def key(self) -> str:
@@ -338,4 +345,84 @@ def voc_setup(data_root, synth, image_size, teacher_spec, teacher_train, teacher
     teacher, info = get_teacher(spec, data, teacher_train, teacher_pretrain, pretrained, device=device, guards=guards,
                                 store=store)
     row, loc = evaluate_model(teacher, data, eval_layer, device)
-    return Setup(data, teacher, info, row, loc)
+    return Setup(data, teacher, info, row, loc, spec, resolve_device(device), image_size)
+
+
+# --- the recipe dicts of the profiles ------------------------------------------------------------------------
+# Every profile holds its recipes as four mappings (profiles/*.yml; apnb.validate checks their fields):
+#   matching     = {layer, p, beta: {method: beta}}        the regularizer of Eq. 2 (apnb.matching)
+#   kd           = {div, T, alpha, train}                   distillation (paper Sec. 4.1): width divisor of the
+#                                                           student against the teacher, KD temperature and weight
+#   structured   = {rate, layers, finetune}                 one-shot l1 channel pruning (Sec. 4.3)
+#   unstructured = {rate, iterations, finetune}             iterative magnitude pruning (Sec. 4.2)
+# The functions below take a :class:`Setup`, a recipe and ``runs``: ``(method, seed)`` pairs or :func:`job`
+# dicts. Each gives exactly the networks, and the store keys, of the lower-level recipes above.
+
+
+def job(method: str, seed: int, train: dict, matching: dict, beta: float | None = None, p: float | None = None,
+        layers: list[str] | None = None, opts: dict | None = None, eval_fn=None) -> dict:
+    """One network of a cohort, as :func:`distill_many` and :func:`prune_structured_many` take it: ``train``
+    with ``seed``; ``beta`` defaults to ``matching["beta"][method]`` (None for naive), ``p`` to ``matching["p"]``
+    and ``layers`` to ``[matching["layer"]]``; ``opts`` are further :class:`~apnb.matching.MatchingConfig` fields."""
+    return {"method": method, "train": dict(train, seed=seed),
+            "beta": matching["beta"].get(method) if beta is None else beta,
+            "p": matching["p"] if p is None else p, "match_layers": list(layers or [matching["layer"]]),
+            "match_opts": opts, "eval_fn": eval_fn}
+
+
+def _jobs(runs, train: dict, matching: dict) -> list[dict]:
+    return [r if isinstance(r, dict) else job(r[0], r[1], train, matching) for r in runs]
+
+
+def students(S: Setup, kd: dict, matching: dict, runs, div: int | None = None, store: Store | None = None,
+             progress: bool = False, guards: Guards | dict | None = None) -> list:
+    """KD students of ``S.teacher`` (recipe ``kd``; width divisor ``div``, default ``kd["div"]``) for each run,
+    trained in cohorts (:func:`distill_many`). Returns ``[(student, info)]`` in the order of ``runs``."""
+    spec = student_spec(S, div or kd["div"])
+    jobs = [dict(j, student_spec=spec) for j in _jobs(runs, kd["train"], matching)]
+    return distill_many(S.teacher, S.key, jobs, S.data, kd["T"], kd["alpha"], store, S.device, progress, guards)
+
+
+def student(S: Setup, kd: dict, matching: dict, method: str, seed: int, **kw):
+    """One KD student: :func:`students` with one run. Returns ``(student, info)``."""
+    return students(S, kd, matching, [(method, seed)], **kw)[0]
+
+
+def structured_nets(S: Setup, structured: dict, matching: dict, runs, store: Store | None = None,
+                    progress: bool = False, multilabel: bool = True) -> list:
+    """The teacher pruned by recipe ``structured`` and fine-tuned for each run, in cohorts
+    (:func:`prune_structured_many`). Returns ``[(model, info)]`` in the order of ``runs``."""
+    return prune_structured_many(S.teacher, S.key, _jobs(runs, structured["finetune"], matching), S.data,
+                                 structured["rate"], S.image_size, structured.get("layers"), store, S.device,
+                                 progress, multilabel)
+
+
+def structured_net(S: Setup, structured: dict, matching: dict, method: str, seed: int, **kw):
+    """One structured-pruned network: :func:`structured_nets` with one run. Returns ``(model, info)``."""
+    return structured_nets(S, structured, matching, [(method, seed)], **kw)[0]
+
+
+def unstructured_net(S: Setup, unstructured: dict, matching: dict, method: str, seed: int, rate: float | None = None,
+                     store: Store | None = None, progress: bool = False, callback=None, multilabel: bool = True):
+    """The teacher pruned by recipe ``unstructured`` (``rate`` per round, default ``unstructured["rate"]``) with
+    ``method``'s fine-tune after each round (:func:`prune_unstructured`). Returns ``(model, info)``."""
+    j = job(method, seed, unstructured["finetune"], matching)
+    return prune_unstructured(S.teacher, S.key, method, S.data, j["train"],
+                              unstructured["rate"] if rate is None else rate, unstructured["iterations"], j["beta"],
+                              j["p"], j["match_layers"], store, S.device, progress, callback, multilabel)
+
+
+def quantized(S: Setup, method: str, seed: int, train: dict | None, matching: dict, bits: int = 8,
+              calib_images: int = 256, store: Store | None = None, progress: bool = False, multilabel: bool = True):
+    """:func:`quantize` of ``S.teacher``: PTQ when ``train`` is None (calibration images drawn from ``seed``),
+    else QAT with ``train`` at ``seed`` and ``method``'s matching. Returns ``(model, info)``."""
+    if train is None:
+        return quantize(S.teacher, S.key, method, S.data, None, bits, calib_images, seed=seed, multilabel=multilabel)
+    j = job(method, seed, train, matching)
+    return quantize(S.teacher, S.key, method, S.data, j["train"], bits, calib_images, j["beta"], j["p"],
+                    j["match_layers"], store, S.device, progress, seed, multilabel)
+
+
+def student_spec(S: Setup, div: int) -> dict:
+    """The student of width divisor ``div``: the teacher's spec with every width divided ``div`` times more."""
+    return dict(S.spec, width_div=S.spec.get("width_div", 1) * div)

@@ -212,6 +212,18 @@ def table(df: pd.DataFrame, columns: list[str] | None = None, digits: int = 3, p
     return d.style.hide(axis="index").format(fmt_map, na_rep="")
 
 
+TEACHER_METRICS = ["params", "mAP", "mAP_nocue", "F1", "AUC", "point_acc", "point_acc_tol"]
+
+
+def network_table(row: dict, name: str = "teacher", metrics: list[str] | None = None):
+    """Log one network's row in the run record (section ``teacher``, model ``name``; :mod:`apnb.records`) and
+    show it as :func:`row_table`: how every VOC chapter opens with its full network."""
+    from . import records
+
+    records.log("teacher", [{"model": name, "metric": k, "value": v} for k, v in row.items()])
+    return row_table(row, metrics or TEACHER_METRICS, name)
+
+
 def row_table(row: dict, metrics: list[str], name: str = "teacher"):
     """One network's numbers (a :func:`apnb.evaluate.evaluate_model` row) as a narrow two-column table."""
     def show(m, v):

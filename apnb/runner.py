@@ -116,12 +116,21 @@ def params_for(nb: Path, profile: str, overrides: dict | None = None) -> dict:
         raise RunError(f"{nb} has no cell tagged 'parameters': add one holding the notebook's literals")
     params = {k: v for k, v in prof["defaults"].items() if k in declared}
     own = prof["notebooks"].get(nb.stem, {}) or {}
-    unknown = [k for k in {**own, **(overrides or {})} if k not in declared]
+    # an override ``recipe.field`` (``-p matching.p 0.5``) replaces one field of a recipe mapping
+    fields = {k: v for k, v in (overrides or {}).items() if "." in k}
+    whole = {k: v for k, v in (overrides or {}).items() if "." not in k}
+    unknown = [k for k in {**own, **whole, **{f.split(".", 1)[0]: 0 for f in fields}} if k not in declared]
     if unknown:
         raise RunError(f"{nb.name}: parameters {unknown} are not in its parameters cell "
                        f"(declared: {', '.join(sorted(declared))}); fix profiles/{profile}.yml or -p")
     params.update(own)
-    params.update(overrides or {})
+    params.update(whole)
+    for f, v in fields.items():
+        name, field = f.split(".", 1)
+        base = params.get(name, declared[name])
+        if not isinstance(base, dict):
+            raise RunError(f"{nb.name}: -p {f}: parameter {name} is not a mapping; give it whole (-p {name} VALUE)")
+        params[name] = {**base, field: v}
     if "profile" in declared:
         params["profile"] = profile
     from .validate import ParameterError, check

@@ -123,12 +123,52 @@ def _divs(v):
         raise ValueError("must be a non-empty list of integers >= 1 (width divisors)")
 
 
+def _recipe(fields: dict, required: tuple[str, ...]):
+    """A recipe mapping (:mod:`apnb.recipes`): exactly ``fields``' names, ``required`` present, each checked."""
+    def rule(v):
+        if not isinstance(v, dict):
+            raise ValueError(f"must be a mapping of {', '.join(fields)}")
+        unknown, missing = sorted(set(v) - set(fields)), [k for k in required if k not in v]
+        if unknown or missing:
+            raise ValueError(f"unknown fields {unknown} / missing fields {missing} (fields: {', '.join(fields)})")
+        for k, x in v.items():
+            try:
+                fields[k](x)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{k}: {e}") from None
+    return rule
+
+
+def _layer(v):
+    if not (isinstance(v, str) and v):
+        raise ValueError("must be a layer name (last_conv, last_pool, conv4_3 or a module path)")
+
+
+def _layers(v):
+    if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+        raise ValueError("must be null (every convolution) or a list of module paths")
+
+
+def _positive(v):
+    if not float(v) > 0:
+        raise ValueError("must be > 0")
+
+
+def _unit(v):
+    if not 0.0 <= float(v) <= 1.0:
+        raise ValueError("must be in [0, 1]")
+
+
 RULES = {
-    "synth": _synth, "beta": _beta, "betas": _betas, "sswa_p": _p, "ps": _ps, "guards": _guards,
+    "synth": _synth, "betas": _betas, "ps": _ps, "guards": _guards,
     "seeds": _seeds, "sweep_seeds": _seeds, "gradat_seeds": _seeds, "design_seeds": _seeds, "ptq_seeds": _seeds,
-    "qat_seeds": _seeds, "rho_w": _prob, "rho_c": _prob, "fractions": _fractions, "ratios": _fractions,
-    "image_size": _pos_int, "iterations": _pos_int, "main_div": _pos_int, "student_divs": _divs,
-    "device": _device,
+    "qat_seeds": _seeds, "fractions": _fractions, "ratios": _fractions,
+    "image_size": _pos_int, "student_divs": _divs, "roar_div": _pos_int, "device": _device, "eval_layer": _layer,
+    "matching": _recipe({"layer": _layer, "p": _p, "beta": _beta}, ("layer", "p", "beta")),
+    "kd": _recipe({"div": _pos_int, "T": _positive, "alpha": _unit, "train": _train}, ("div", "T", "alpha", "train")),
+    "structured": _recipe({"rate": _prob, "layers": _layers, "finetune": _train}, ("rate", "finetune")),
+    # 05 prunes one-shot at each of its ``rates``: its recipe may leave the rate out
+    "unstructured": _recipe({"rate": _prob, "iterations": _pos_int, "finetune": _train}, ("iterations", "finetune")),
 }
 
 
@@ -163,6 +203,7 @@ def check(notebook: str, params: dict) -> None:
     if params.get("dataset") == "cifar" and params.get("cifar_root") and not Path(params["cifar_root"]).exists():
         raise ParameterError(f"{notebook}: parameter cifar_root = {params['cifar_root']!r} does not exist: put the "
                              f"CIFAR python batches there")
-    if "main_div" in params and "student_divs" in params and params["main_div"] not in params["student_divs"]:
-        raise ParameterError(f"{notebook}: parameter main_div = {params['main_div']} must be one of student_divs "
+    kd = params.get("kd")
+    if isinstance(kd, dict) and "student_divs" in params and kd.get("div") not in params["student_divs"]:
+        raise ParameterError(f"{notebook}: parameter kd.div = {kd.get('div')} must be one of student_divs "
                              f"{params['student_divs']}")

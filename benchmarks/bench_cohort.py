@@ -42,31 +42,34 @@ def main():
     teacher = M.build(tspec, seed=0).eval()
     kw = dict(device="cpu", progress=False)
     if a.grid == "kd":
-        sspec = dict(tspec, width_div=tspec["width_div"] * p["main_div"])
-        train = dict(p["student_train"], epochs=a.epochs)
-        jobs = [{"student_spec": sspec, "method": m, "train": dict(train, seed=s), "beta": p["beta"].get(m)}
+        kd = p["kd"]
+        sspec = dict(tspec, width_div=tspec["width_div"] * kd["div"])
+        train = dict(kd["train"], epochs=a.epochs)
+        jobs = [{"student_spec": sspec, "method": m, "train": dict(train, seed=s), "beta": p["matching"]["beta"].get(m)}
                 for s in a.seeds for m in R.METHODS]
-        what = f"KD students VGG16/{p['main_div']}-style (width/{sspec['width_div']})"
+        what = f"KD students VGG16/{kd['div']}-style (width/{sspec['width_div']})"
 
         def one(j, store):
             return R.distill(teacher, "bench", j["student_spec"], j["method"], data, j["train"], beta=j["beta"],
-                             T=p["kd_T"], alpha=p["kd_alpha"], store=store, **kw)[0]
+                             T=kd["T"], alpha=kd["alpha"], store=store, **kw)[0]
 
         def many(store):
-            return [m for m, _ in R.distill_many(teacher, "bench", jobs, data, T=p["kd_T"], alpha=p["kd_alpha"],
+            return [m for m, _ in R.distill_many(teacher, "bench", jobs, data, T=kd["T"], alpha=kd["alpha"],
                                                  store=store, **kw)]
     else:
-        train = dict(p["structured_finetune"], epochs=a.epochs)
-        jobs = [{"method": m, "train": dict(train, seed=s), "beta": p["beta"].get(m)} for s in a.seeds for m in R.METHODS]
-        what = f"structured fine-tunes of the teacher pruned at rho_c={p['rho_c']}"
+        rate = p["structured"]["rate"]
+        train = dict(p["structured"]["finetune"], epochs=a.epochs)
+        jobs = [{"method": m, "train": dict(train, seed=s), "beta": p["matching"]["beta"].get(m)}
+                for s in a.seeds for m in R.METHODS]
+        what = f"structured fine-tunes of the teacher pruned at rho_c={rate}"
         size = p["image_size"]
 
         def one(j, store):
-            return R.prune_structured(teacher, "bench", j["method"], data, j["train"], p["rho_c"], size,
+            return R.prune_structured(teacher, "bench", j["method"], data, j["train"], rate, size,
                                       beta=j["beta"], store=store, **kw)[0]
 
         def many(store):
-            return [m for m, _ in R.prune_structured_many(teacher, "bench", jobs, data, p["rho_c"], size,
+            return [m for m, _ in R.prune_structured_many(teacher, "bench", jobs, data, rate, size,
                                                           store=store, **kw)]
     print(f"{len(jobs)} networks: {what}, methods {', '.join(R.METHODS)} x seeds {a.seeds}, {a.epochs} epochs of "
           f"{len(data['train']) // train['batch_size']} batches of {train['batch_size']}; "

@@ -119,12 +119,13 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,match", [
-    ("sswa_p", "1.5", "MatchingConfig|drop probability"),
-    ("student_train", "{epochs: 2, lr: -1}", "lr"),
+    ("matching.p", "1.5", "MatchingConfig|drop probability"),
+    ("kd.train", "{epochs: 2, lr: -1}", "lr"),
+    ("kd", "{div: 2}", "missing fields"),
     ("synth", "{classes: 99}", "classes=99"),
     ("guards", "{plateau: 3}", "guards.plateau"),
     ("teacher_spec", "{arch: vgg99}", "unknown arch"),
-    ("beta", "{swa: -1}", "beta=-1"),
+    ("matching.beta", "{swa: -1}", "beta=-1"),
 ])
 def test_bad_parameter_rejected_before_compute(tmp_path, key, value, match):
     env = dict(os.environ, APNB_STORE=str(tmp_path / "store"))

@@ -113,13 +113,54 @@ def test_top1_similarity_and_baselines(synth_root, small_vgg):
 
 
 def test_voc_setup_is_the_teacher_and_its_row(tmp_path, synth_root):
-    """:func:`apnb.recipes.voc_setup`: the data, the stored teacher, and its row and maps, by name or unpacked."""
+    """:func:`apnb.recipes.voc_setup`: the data, the stored teacher, its row and maps, its spec and device."""
     tr = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
     S = R.voc_setup(str(synth_root), None, 32, SPEC, tr, device="cpu", store=Store(tmp_path))
-    data, teacher, info, row, loc = S  # unpacks as the notebooks use it
-    assert S.key == info["key"] and S.teacher is teacher and len(S.data["classes"]) == 4
+    data, teacher, info, row, loc = S.data, S.teacher, S.info, S.row, S.loc
+    assert S.key == info["key"] and len(data["classes"]) == 4 and S.image_size == 32
+    assert S.spec == dict(SPEC, num_classes=4) and S.device == torch.device("cpu")
     again, _ = R.get_teacher(dict(SPEC, num_classes=4), data, tr, None, store=Store(tmp_path), device="cpu",
                              progress=False)
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), again.state_dict().values()))
     ref, _ = E.evaluate_model(teacher, data, device="cpu")
     assert pd.Series(row).equals(pd.Series(ref)) and loc.maps.shape[0] == len(loc.pairs)  # NaN equal to NaN
+
+
+def _entries(root):
+    """The store's entries: ``kind/key`` of every saved network."""
+    return sorted(p.parent.relative_to(root).as_posix() for p in root.rglob("final.pt"))
+
+
+def test_recipe_dicts_make_the_networks_of_the_flat_recipes(tmp_path, synth_root):
+    """:func:`apnb.recipes.student`, :func:`~apnb.recipes.structured_net`, :func:`~apnb.recipes.unstructured_net`
+    and :func:`~apnb.recipes.quantized` take the profiles' recipe mappings and give the very networks (the same
+    store entries and weights) of the flat recipes they stand for."""
+    tr = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
+    ft = {"epochs": 1, "lr": 0.005, "optimizer": "adamw", "schedule": "constant", "batch_size": 8}
+    S = R.voc_setup(str(synth_root), None, 32, SPEC, tr, device="cpu", store=Store(tmp_path / "a"))
+    matching = {"layer": "last_conv", "p": 0.5, "beta": {"sswa": 2.0}}
+    kd = {"div": 2, "T": 3.0, "alpha": 0.8, "train": ft}
+    structured = {"rate": 0.5, "layers": None, "finetune": ft}
+    unstructured = {"rate": 0.3, "iterations": 2, "finetune": ft}
+    new = Store(tmp_path / "new")
+    a, _ = R.student(S, kd, matching, "sswa", 1, store=new)
+    b, _ = R.structured_net(S, structured, matching, "sswa", 1, store=new)
+    c, ci = R.unstructured_net(S, unstructured, matching, "naive", 1, store=new)
+    flat = Store(tmp_path / "flat")
+    sspec = dict(SPEC, num_classes=4, width_div=SPEC["width_div"] * 2)
+    a2, _ = R.distill(S.teacher, S.key, sspec, "sswa", S.data, dict(ft, seed=1), beta=2.0, p=0.5,
+                      match_layers=["last_conv"], T=3.0, alpha=0.8, store=flat, device="cpu", progress=False)
+    b2, _ = R.prune_structured(S.teacher, S.key, "sswa", S.data, dict(ft, seed=1), 0.5, 32, None, beta=2.0, p=0.5,
+                               store=flat, device="cpu", progress=False)
+    c2, ci2 = R.prune_unstructured(S.teacher, S.key, "naive", S.data, dict(ft, seed=1), 0.3, 2, p=0.5, store=flat,
+                                   device="cpu", progress=False)
+    assert _entries(tmp_path / "new") == _entries(tmp_path / "flat") and len(_entries(tmp_path / "new")) == 4  # 1 KD, 1 structured, 2 rounds
+    for x, y in [(a, a2), (b, b2), (c, c2)]:
+        assert all(torch.equal(u, v) for u, v in zip(x.state_dict().values(), y.state_dict().values()))
+    assert ci == ci2 and ci["iterations"] == 2
+    # a job overrides one field of the matching recipe, and PTQ ignores it
+    j = R.job("sswa", 3, ft, matching, p=0.0, layers=["conv4_3"])
+    assert j["train"] == dict(ft, seed=3) and j["beta"] == 2.0 and j["p"] == 0.0 and j["match_layers"] == ["conv4_3"]
+    assert R.job("naive", 0, ft, matching)["beta"] is None
+    q, qi = R.quantized(S, "naive", 0, None, matching, 8, 16)
+    assert qi["mode"] == "ptq" and qi["calib_images"] == 16

@@ -69,7 +69,7 @@ def test_distillation_record_structure(smoke_runs):
     teacher = [r for r in rec["rows"] if r["table"] == "teacher" and r["metric"] == "AUC"]
     assert len(teacher) == 1  # the teacher's AUC is reported once
     runs = {(r["student"], r["method"], r["seed"]) for r in rec["rows"] if r["table"] == "runs"}
-    main = [s for s in runs if s[0] == f"VGG16/{p['main_div']}"]
+    main = [s for s in runs if s[0] == f"VGG16/{p['kd']['div']}"]
     assert len(main) == len(p["methods"]) * len(p["seeds"])
     store = rec["store"]  # the execution page's counts: at least the teacher is reloaded from the store
     assert store.get("loaded", 0) >= 1 and store.get("trained", 0) + store.get("loaded", 0) >= 1 + len(runs)

@@ -19,10 +19,14 @@ NOTEBOOKS = runner.toc_notebooks()
 def test_paper_dry_extends_the_paper_profile():
     paper, dry = runner.load_profile("paper"), runner.load_profile("paper-dry")
     # the architectures, image size and optimizer family are the paper's, not restated
-    for k in ("teacher_spec", "image_size", "rho_c", "rho_w", "prune_layers", "beta", "kd_T", "main_div"):
+    for k in ("teacher_spec", "image_size", "matching"):
         assert dry["defaults"][k] == paper["defaults"][k], k
+    # the recipes are the paper's but for their schedules (one epoch, one round)
+    for recipe, fields in [("kd", ("div", "T", "alpha")), ("structured", ("rate", "layers")), ("unstructured", ("rate",))]:
+        for f in fields:
+            assert dry["defaults"][recipe][f] == paper["defaults"][recipe][f], (recipe, f)
     assert dry["notebooks"]["05_imagenet"]["resnet_spec"] == paper["notebooks"]["05_imagenet"]["resnet_spec"]
-    assert dry["defaults"]["student_train"].get("optimizer", "sgd") == "sgd"
+    assert dry["defaults"]["kd"]["train"].get("optimizer", "sgd") == "sgd"
     assert dry["defaults"]["pretrained"] is False and dry["fixtures"]
 
 

@@ -39,6 +39,36 @@ def test_params_merge_and_unknown_keys(mini_repo):
         runner.load_profile("nope")
 
 
+def test_a_dotted_override_replaces_one_field_of_a_recipe(mini_repo):
+    """``-p recipe.field VALUE``: one field of a recipe mapping, the others as the profile gives them."""
+    prof = mini_repo / "profiles"
+    prof.joinpath("r.yml").write_text("defaults: {a: {x: 1, y: 2}}\n")
+    nb = mini_repo / "notebooks" / "n1.ipynb"
+    assert runner.params_for(nb, "r", {"a.y": 5}) == {"a": {"x": 1, "y": 5}}
+    assert runner.params_for(nb, "r", {"a": {"x": 9}}) == {"a": {"x": 9}}  # whole: replaced whole
+    with pytest.raises(runner.RunError, match="parameter b is not a mapping"):
+        runner.params_for(nb, "r", {"b.z": 1})
+    with pytest.raises(runner.RunError, match=r"parameters \['c'\] are not in its parameters cell"):
+        runner.params_for(nb, "r", {"c.z": 1})
+
+
+def test_recipe_mappings_are_checked_field_by_field():
+    from apnb import validate
+
+    ok = {"layer": "last_conv", "p": 0.3, "beta": {"sswa": 3.0}}
+    validate.check("nb", {"matching": ok, "kd": {"div": 2, "T": 4.0, "alpha": 0.9, "train": {"epochs": 1, "lr": 0.1}}})
+    for name, value, match in [("matching", dict(ok, p=1.5), "matching = .*p: "),
+                               ("matching", dict(ok, beta={"swa": -1}), "beta=-1"),
+                               ("matching", {"layer": "last_conv"}, r"missing fields \['p', 'beta'\]"),
+                               ("kd", {"div": 0, "T": 4, "alpha": 0.9, "train": {}}, "div: must be an integer"),
+                               ("structured", {"rate": 0.7, "finetune": {"epochs": 1}, "rho": 1}, r"unknown fields \['rho'\]"),
+                               ("unstructured", {"iterations": 2, "finetune": {"lr": -1}}, "finetune: .*lr")]:
+        with pytest.raises(validate.ParameterError, match=match):
+            validate.check("nb", {name: value})
+    with pytest.raises(validate.ParameterError, match="kd.div = 3 must be one of student_divs"):
+        validate.check("nb", {"kd": {"div": 3, "T": 4.0, "alpha": 0.9, "train": {"epochs": 1}}, "student_divs": [2, 4]})
+
+
 def test_a_profile_extends_another(mini_repo):
     """``extends``: the base's values, then the profile's, key by key (a mapping value is replaced whole)."""
     prof = mini_repo / "profiles"
