@@ -399,3 +399,11 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
         model.train(was)
         for p in model.parameters():
             p.grad = None
+
+
+def attribute_batches(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: str = "gradcam",
+                      batch_size: int = 64, **options) -> torch.Tensor:
+    """:func:`attribute` over ``x`` in batches of ``batch_size`` (memory), concatenated: ``[N,H,W]``."""
+    target = torch.as_tensor(target).long()
+    return torch.cat([attribute(model, x[i:i + batch_size], target[i:i + batch_size], method, **options)
+                      for i in range(0, len(x), batch_size)])

@@ -32,7 +32,7 @@ import yaml
 
 from . import evaluate as E
 from . import recipes as R
-from . import report
+from . import records, report
 from .config import atomic_write_text, resolve_device
 from .data import splits as D
 from .store import Store, config_key
@@ -68,6 +68,13 @@ def p2_summary(teacher: dict, students: list[dict]) -> dict:
                         and out["point_drop"] >= P2["point_drop_min"] and out["point_drop"] - out["point_drop_ci"] > 0
                         and out["extra_gap"] - out["extra_gap_ci"] > 0)
     return out
+
+
+def log_p2(summary: dict) -> None:
+    """Record :func:`p2_summary` in the page's run record (study ``p2``): each drift, then whether P2 holds."""
+    records.log("p2", [{"claim": "P2 " + k, "metric": "value", "value": summary[k]}
+                       for k in ("map_loss", "auc_drop", "point_drop", "extra_gap")]
+                + [{"claim": "P2", "metric": "holds", "value": summary["holds"]}])
 
 
 def p2_table(summary: dict):

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from . import metrics as Mt
 from . import models as M
+from . import quantization as Q
 from .config import resolve_device
 from .data import synthetic
 from .data.voc import class_masks
@@ -290,6 +291,45 @@ def shortcut_row(model, data: dict, row: dict, loc: LocResult, layer: str = "las
         cue = synthetic.cue_regions(data["root"], "val", n=len(data["loc"]))
         out.update(mass_shares(loc, data["loc"], cue))
     return out
+
+
+def evaluate_with_shortcuts(model, data: dict, layer: str = "last_conv", device="auto",
+                            reference: LocResult | None = None) -> dict:
+    """:func:`evaluate_model`'s row and :func:`shortcut_row` in one dict: one network of the "right for the
+    right reasons" chapter (its cued localization is computed once and shared)."""
+    row, loc = evaluate_model(model, data, layer, device, reference=reference)
+    return {**row, **shortcut_row(model, data, row, loc, layer, device)}
+
+
+def quantized_row(q, bits: int, data: dict, agreement_x: torch.Tensor, layer: str = "last_conv", device="auto",
+                  reference: LocResult | None = None) -> dict:
+    """:func:`evaluate_model`'s row of a fake-quantized network (supplement: quantization), with the deployed
+    int8 network beside it at 8 bits: ``mAP_int8`` (its mAP on the val split, CPU kernels) and ``agree_top1`` /
+    ``agree_rel`` (:func:`apnb.quantization.agreement` on the images ``agreement_x``).
+
+    Below 8 bits the int8 kernels do not clamp to the narrower range, so only the fake-quant network is that
+    network: the three int8 values are NaN there."""
+    row, _ = evaluate_model(q, data, layer, device, reference=reference)
+    row.update(mAP_int8=float("nan"), agree_top1=float("nan"), agree_rel=float("nan"))
+    if bits == 8:
+        i8 = Q.to_int8(q)
+        agree = Q.agreement(q, i8, agreement_x)
+        row.update(mAP_int8=prediction_metrics(i8, data["val"], "cpu")["mAP"], agree_top1=agree["top1"],
+                   agree_rel=agree["rel"])
+    return row
+
+
+def fidelity_row(model, teacher_logits: torch.Tensor, x: torch.Tensor, data: dict, layer: str = "last_conv",
+                 device="auto", reference: LocResult | None = None) -> dict:
+    """How close a network is to its teacher in outputs and in maps: ``logit_cos``, the mean cosine of its
+    logits on ``x`` (one CPU batch) with ``teacher_logits`` (the teacher's on the same images), beside
+    :func:`evaluate_model`'s ``AUC``, ``map_cos`` (its ``cos`` against ``reference``, NaN without one) and ``mAP``.
+    Used to follow a fine-tune epoch by epoch."""
+    model.eval()
+    with torch.no_grad():
+        lc = F.cosine_similarity(model.cpu()(x), teacher_logits, dim=1).mean().item()
+    row, _ = evaluate_model(model, data, layer, device, reference=reference)
+    return {"logit_cos": lc, "AUC": row["AUC"], "map_cos": row.get("cos", float("nan")), "mAP": row["mAP"]}
 
 
 def evaluate_models(models: dict, data: dict, teacher_name: str = "teacher", layer: str = "last_conv",

@@ -423,6 +423,20 @@ def quantized(S: Setup, method: str, seed: int, train: dict | None, matching: di
                     j["match_layers"], store, S.device, progress, seed, multilabel)
 
 
+def compared_networks(S: Setup, kd: dict, matching: dict, seed: int, methods=("naive", "sswa"),
+                      structured: dict | None = None, div: int | None = None,
+                      guards: Guards | dict | None = None, store: Store | None = None) -> dict:
+    """The networks a qualitative comparison shows side by side: ``{"full": S.teacher}``, then for each method
+    ``"KD <method>"`` (:func:`student`, width divisor ``div``, default ``kd["div"]``) and, with a ``structured``
+    recipe, ``"structured <method>"`` (:func:`structured_net`), all at ``seed``."""
+    nets = {"full": S.teacher}
+    for m in methods:
+        nets[f"KD {m}"], _ = student(S, kd, matching, m, seed, div=div, guards=guards, store=store)
+        if structured is not None:
+            nets[f"structured {m}"], _ = structured_net(S, structured, matching, m, seed, store=store)
+    return nets
+
+
 def student_spec(S: Setup, div: int) -> dict:
     """The student of width divisor ``div``: the teacher's spec with every width divided ``div`` times more."""
     return dict(S.spec, width_div=S.spec.get("width_div", 1) * div)

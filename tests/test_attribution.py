@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from apnb import models as M
-from apnb.attribution import METHODS, agi, attribute, lpi, lpi_references, rap_layer
+from apnb.attribution import METHODS, agi, attribute, attribute_batches, lpi, lpi_references, rap_layer
 
 pytestmark = pytest.mark.unit
 
@@ -212,3 +212,16 @@ def test_expected_gradients_do_not_depend_on_the_global_generator(net):
     assert np.random.random() == after  # restored
     c = attribute(net, x, t, "eg", baselines=base, n_samples=4, seed=5)
     assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "saliency", "eg"])
+def test_attribute_batches_is_attribute_batch_by_batch(net, method):
+    """:func:`apnb.attribution.attribute_batches` over 5 images in batches of 2 gives, batch for batch, the
+    maps of :func:`~apnb.attribution.attribute`, options included (EG's baselines and seed)."""
+    x, t = torch.randn(5, 3, 32, 32), torch.tensor([0, 1, 2, 3, 4])
+    opts = {"eg": {"baselines": torch.randn(6, 3, 32, 32), "n_samples": 3}}.get(method, {})
+    out = attribute_batches(net, x, t, method, 2, **opts)
+    ref = torch.cat([attribute(net, x[i:i + 2], t[i:i + 2], method, **opts) for i in (0, 2, 4)])
+    assert out.shape == (5, 32, 32) and torch.equal(out, ref)
+    if method == "saliency":  # the per-image map does not depend on the batch it is in
+        assert torch.allclose(out, attribute(net, x, t, method), atol=1e-6)

@@ -29,6 +29,19 @@ def test_p2_summary_hand_cases():
     assert not K.p2_summary(T, no_drift)["holds"]
 
 
+def test_log_p2_records_each_drift_and_the_verdict(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("APNB_RECORD", str(tmp_path / "r.json"))
+    p2 = K.p2_summary(T, [_student(0.05, 0.06, 0.10, 0.03, i) for i in range(5)])
+    K.log_p2(p2)
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["claim"] for r in rows] == ["P2 map_loss", "P2 auc_drop", "P2 point_drop", "P2 extra_gap", "P2"]
+    assert all(r["table"] == "p2" for r in rows) and rows[-1] == {"table": "p2", "claim": "P2", "metric": "holds",
+                                                                   "value": p2["holds"]}
+    assert rows[1]["value"] == pytest.approx(0.06)
+
+
 def test_p1_thresholds():
     assert K.p1_holds(T)
     assert not K.p1_holds(dict(T, mAP_nocue=0.79))

@@ -1,4 +1,7 @@
-"""Premise guards, seeded initialisation, the top-1 map similarity and the baseline maps."""
+"""Premise guards, seeded initialisation, the top-1 map similarity and the baseline maps; the setup, the recipe
+mappings and the fidelity row."""
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -164,3 +167,35 @@ def test_recipe_dicts_make_the_networks_of_the_flat_recipes(tmp_path, synth_root
     assert R.job("naive", 0, ft, matching)["beta"] is None
     q, qi = R.quantized(S, "naive", 0, None, matching, 8, 16)
     assert qi["mode"] == "ptq" and qi["calib_images"] == 16
+    # the side-by-side networks of the qualitative pages are these same stored networks, under their names
+    nets = R.compared_networks(S, kd, matching, 1, methods=("sswa",), structured=structured, store=new)
+    assert list(nets) == ["full", "KD sswa", "structured sswa"] and nets["full"] is S.teacher
+    for x, y in [(nets["KD sswa"], a), (nets["structured sswa"], b)]:
+        assert all(torch.equal(u, v) for u, v in zip(x.state_dict().values(), y.state_dict().values()))
+    assert list(R.compared_networks(S, kd, matching, 1, methods=("sswa",), store=new)) == ["full", "KD sswa"]
+    assert _entries(tmp_path / "new") == _entries(tmp_path / "flat")  # nothing was trained again
+
+
+def test_fidelity_row_of_the_teacher_itself_and_of_another_network(tmp_path, synth_root):
+    """:func:`apnb.evaluate.fidelity_row`: the teacher against itself has logit and map cosine 1 and its own AUC
+    and mAP; another network's logit cosine is the mean of torch's per-image cosines."""
+    tr = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
+    S = R.voc_setup(str(synth_root), None, 32, SPEC, tr, device="cpu", store=Store(tmp_path))
+    x, _ = D.tensors(S.data["val"])
+    with torch.no_grad():
+        t_logits = S.teacher.eval()(x)
+    own = E.fidelity_row(S.teacher, t_logits, x, S.data, "last_conv", "cpu", S.loc)
+    assert own["logit_cos"] == pytest.approx(1.0, abs=1e-5)
+    self_ref, _ = E.evaluate_model(S.teacher, S.data, "last_conv", "cpu", reference=S.loc)
+    # (a one-epoch teacher may predict no pair: its AUC and map cosine are then NaN, NaN equal to NaN here)
+    assert pd.Series([own[k] for k in ("AUC", "map_cos", "mAP")]).equals(pd.Series([self_ref[k] for k in ("AUC", "cos", "mAP")]))
+    assert own["mAP"] == S.row["mAP"] and not math.isnan(own["mAP"])
+    assert math.isnan(own["map_cos"]) or own["map_cos"] == pytest.approx(1.0, abs=1e-5)
+    other = M.build(S.spec, seed=7).eval()
+    with torch.no_grad():
+        expected = torch.stack([torch.dot(a, b) / (a.norm() * b.norm()) for a, b in zip(other(x), t_logits)]).mean()
+    row = E.fidelity_row(other, t_logits, x, S.data, "last_conv", "cpu", S.loc)
+    assert row["logit_cos"] == pytest.approx(expected.item(), abs=1e-5) and row["logit_cos"] < 0.999
+    ref, _ = E.evaluate_model(other, S.data, "last_conv", "cpu", reference=S.loc)
+    assert pd.Series([row["map_cos"], row["AUC"]]).equals(pd.Series([ref["cos"], ref["AUC"]]))
+    assert math.isnan(E.fidelity_row(other, t_logits, x, S.data, "last_conv", "cpu")["map_cos"])  # no reference

@@ -37,6 +37,30 @@ def test_fake_quant_matches_int8_kernels(net_and_x):
         assert torch.allclose(q(x), net(x), atol=0.05 * float(net(x).abs().max()))
 
 
+def test_quantized_row_adds_the_int8_network_at_8_bits(net_and_x, synth_root):
+    """:func:`apnb.evaluate.quantized_row`: the fake-quant network's evaluation row, and at 8 bits the int8
+    network's mAP and its agreement with the fake-quant twin; below 8 bits those three are NaN."""
+    import math
+
+    from apnb import evaluate as E
+
+    _, x = net_and_x
+    data = D.voc_data(str(synth_root), None, 32)
+    torch.manual_seed(0)
+    net = M.vgg("vgg16_bn", len(data["classes"]), width_div=16, n_pools=2, head_pool=1).eval()
+    q = Q.calibrate(Q.prepare(net, x[:8], 8, "ptq"), x)
+    row = E.quantized_row(q, 8, data, x, "last_conv", "cpu")
+    ref, _ = E.evaluate_model(q, data, "last_conv", "cpu")
+    assert {k: row[k] for k in ref} == ref
+    i8 = Q.to_int8(q)
+    assert row["mAP_int8"] == E.prediction_metrics(i8, data["val"], "cpu")["mAP"]
+    a = Q.agreement(q, i8, x)
+    assert row["agree_top1"] == a["top1"] and row["agree_rel"] == a["rel"]
+    q4 = Q.calibrate(Q.prepare(net, x[:8], 4, "ptq"), x)
+    row4 = E.quantized_row(q4, 4, data, x, "last_conv", "cpu")
+    assert all(math.isnan(row4[k]) for k in ("mAP_int8", "agree_top1", "agree_rel")) and not math.isnan(row4["mAP"])
+
+
 def test_layer_names_and_gradcam_survive_fusion(net_and_x):
     net, x = net_and_x
     q = Q.calibrate(Q.prepare(net, x[:8], 8, "ptq"), x)

@@ -51,3 +51,5 @@ def test_shortcut_row_on_the_synthetic_benchmark(synth_root):
     assert not math.isnan(sc["mAP_cueflip"])
     cue = synthetic.cue_regions(synth_root, "val", n=len(data["loc"]))
     assert cue.shape[0] == len(data["loc"]) and cue.any()
+    both = E.evaluate_with_shortcuts(model, data, "last_conv", "cpu")
+    assert pd.Series(both).equals(pd.Series({**row, **sc}))  # NaN equal to NaN, and the same keys in order
