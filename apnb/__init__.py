@@ -12,13 +12,16 @@ Interpretation" (NeurIPS 2020). Modules:
 - :mod:`apnb.compression`  distillation losses, unstructured and l1-structured pruning
 - :mod:`apnb.engine`       one ``fit`` with atomic checkpoints, resume, NaN guard, DDP, cohorts
 - :mod:`apnb.recipes`      the training recipes: teacher, distillation, pruning, quantization (Eq. 2), each
-                           stored and guarded, and the setup every VOC notebook starts from
+                           stored and guarded, the setup every VOC notebook starts from, and the profiles'
+                           recipe mappings (matching, kd, structured, unstructured) turned into those networks
 - :mod:`apnb.store`        the checkpoint store: finished networks under a hash of their recipe, one lock each
 - :mod:`apnb.metrics`      mAP, F1, ROC-AUC, pointing game, teacher-student cosine / l2
-- :mod:`apnb.attribution`  one ``attribute()`` API over Grad-CAM, EBP, LRP, InputGrad, IG, EG
+- :mod:`apnb.attribution`  one ``attribute()`` API over Grad-CAM, EBP, LRP, RAP, saliency, InputGrad, IG, EG, AGI,
+                           LPI and occlusion (``attribute_batches`` for many images)
 - :mod:`apnb.faithfulness` ROAR, DiffROAR, DiffID
 - :mod:`apnb.retraining`   the retraining benchmarks: ROAR (Figure 7) and DiffROAR, classifiers trained and scored
-- :mod:`apnb.evaluate`     the paper's evaluation of one network (prediction, localization, similarity): a table row
+- :mod:`apnb.evaluate`     the paper's evaluation of one network (prediction, localization, similarity): a table row,
+                           with the shortcut, quantized and fidelity variants the further chapters report
 - :mod:`apnb.report`       seeds: mean and 95 % intervals, paired tests, structured verdicts, tables beside the
                            paper's
 - :mod:`apnb.plots`        the figures the chapters share (seed means with intervals beside the teacher's value)

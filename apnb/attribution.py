@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from zennit.core import Hook
 
+from .data.voc import PAPER_MEAN, PAPER_STD
 from .gradcam import frozen, gradcam, mode
 
 METHODS = ("gradcam", "ebp", "lrp", "rap", "saliency", "inputgrad", "ig", "eg", "agi", "lpi", "occlusion")
@@ -206,8 +207,6 @@ def agi(model, x, target, eps: float = 0.05, n_steps: int = 20, n_targets: int =
     restarts from the original image at every iteration (``x_0 + eps*sign(...)``); we follow the paper's
     path, each step starting where the last ended.
     """
-    from .data import PAPER_MEAN, PAPER_STD
-
     dev = x.device
     mean = torch.tensor(PAPER_MEAN if mean is None else mean, device=dev).view(1, -1, 1, 1)
     std = torch.tensor(PAPER_STD if std is None else std, device=dev).view(1, -1, 1, 1)

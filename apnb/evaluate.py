@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from . import metrics as Mt
 from . import models as M
 from . import quantization as Q
+from .attribution import attribute
 from .config import resolve_device
 from .data import synthetic
 from .data.voc import class_masks
@@ -75,8 +76,6 @@ def attribution_fn(method="gradcam", layer="last_conv", **options):
     """``fn(model, x, target) -> maps [B,h,w]`` for :func:`localization`."""
     if method == "gradcam":
         return lambda model, x, t: gradcam(model, x, layer, target=t)[0]
-    from .attribution import attribute
-
     return lambda model, x, t: attribute(model, x, t, method, **options)
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from . import records
+
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
     """Mean and half-width of the two-sided t confidence interval (NaN half-width for one value)."""
@@ -218,8 +220,6 @@ TEACHER_METRICS = ["params", "mAP", "mAP_nocue", "F1", "AUC", "point_acc", "poin
 def network_table(row: dict, name: str = "teacher", metrics: list[str] | None = None):
     """Log one network's row in the run record (section ``teacher``, model ``name``; :mod:`apnb.records`) and
     show it as :func:`row_table`: how every VOC chapter opens with its full network."""
-    from . import records
-
     records.log("teacher", [{"model": name, "metric": k, "value": v} for k, v in row.items()])
     return row_table(row, metrics or TEACHER_METRICS, name)
 

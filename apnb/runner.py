@@ -22,6 +22,8 @@ from pathlib import Path
 import yaml
 
 from . import records
+from .data import fixtures
+from .validate import ParameterError, check
 from .config import atomic_path, atomic_write_text, project_root
 
 
@@ -89,8 +91,6 @@ def prepare_fixtures(profile: str) -> Path | None:
     f = load_profile(profile).get("fixtures")
     if not f:
         return None
-    from .data import fixtures
-
     return fixtures.write_all(repo_root() / f)
 
 
@@ -133,8 +133,6 @@ def params_for(nb: Path, profile: str, overrides: dict | None = None) -> dict:
         params[name] = {**base, field: v}
     if "profile" in declared:
         params["profile"] = profile
-    from .validate import ParameterError, check
-
     try:
         check(nb.name, {**declared, **params})
     except ParameterError as e:

@@ -11,14 +11,18 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+from . import models as M
+from .data.synthetic import SynthConfig
+from .engine import TrainConfig
+from .guards import Guards
+from .matching import MatchingConfig
+
 
 class ParameterError(ValueError):
     """A notebook parameter that the library would reject."""
 
 
 def _train(v):
-    from .engine import TrainConfig
-
     if v is None:
         return
     if not isinstance(v, dict):
@@ -30,8 +34,6 @@ def _train(v):
 
 
 def _spec(v):
-    from . import models as M
-
     if not isinstance(v, dict) or "arch" not in v:
         raise ValueError("must be a mapping with arch (vgg16_bn, vgg11_bn, resnet34, preact_resnet18) and its options")
     fn = {"resnet34": M.resnet34, "preact_resnet18": M.PreActResNet}.get(v["arch"], M.vgg)
@@ -49,8 +51,6 @@ def _spec(v):
 
 
 def _p(v):
-    from .matching import MatchingConfig
-
     MatchingConfig(kind="sswa", p=float(v))
 
 
@@ -60,8 +60,6 @@ def _ps(v):
 
 
 def _beta(v):
-    from .matching import MatchingConfig
-
     if isinstance(v, dict):
         for kind, b in v.items():
             MatchingConfig(kind=kind, beta=b)
@@ -75,8 +73,6 @@ def _betas(v):
 
 
 def _synth(v):
-    from .data.synthetic import SynthConfig
-
     if not v:
         return
     unknown = sorted(set(v) - set(SynthConfig.__dataclass_fields__))
@@ -87,8 +83,6 @@ def _synth(v):
 
 
 def _guards(v):
-    from .guards import Guards
-
     Guards.of(v)
 
 

@@ -335,7 +335,7 @@ def _split_count(cfg: SynthConfig, split: str) -> int:
 def _render_split(root: Path, cfg: SynthConfig, split: str) -> None:
     """One split's images, annotations, masks and lists; the split's main list is written last (atomically),
     so a split whose list exists is complete."""
-    from ..config import atomic_write_text
+    from ..config import atomic_write_text  # here, not above: config imports torch, which the generator does not need
 
     q, stream, prefix, flip = SPLITS[split]
     q = cfg.context_bias if q is None else q
