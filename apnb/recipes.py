@@ -423,6 +423,40 @@ def quantized(S: Setup, method: str, seed: int, train: dict | None, matching: di
                     j["match_layers"], store, S.device, progress, seed, multilabel)
 
 
+class StructuredStudy:
+    """The fine-tunes of a study of the regularizer's design (chapter 20): one structured recipe, one matching
+    recipe, and jobs that override a field of the matching (``beta``, ``p``, ``layers``, ``opts``).
+
+    :meth:`train` trains a grid of them in cohorts (:func:`structured_nets`); :meth:`run` gives one job's
+    network evaluated at ``layer`` against the teacher (:func:`apnb.evaluate.evaluate_model`), each evaluated
+    once however many studies ask for it."""
+
+    def __init__(self, S: Setup, structured: dict, matching: dict, layer: str = "last_conv",
+                 store: Store | None = None):
+        self.S, self.structured, self.matching, self.layer, self.store = S, structured, matching, layer, store
+        self._rows: dict[str, tuple[dict, dict]] = {}
+
+    def job(self, method: str, seed: int, eval_fn=None, **match) -> dict:
+        """One fine-tune (:func:`job`) with the study's schedule; ``match`` overrides the matching recipe."""
+        return job(method, seed, self.structured["finetune"], self.matching, eval_fn=eval_fn, **match)
+
+    def train(self, jobs: list[dict], progress: bool = False) -> list:
+        """Train (or load) every job, in cohorts; returns ``[(model, info)]`` in order."""
+        return structured_nets(self.S, self.structured, self.matching, jobs, self.store, progress)
+
+    def run(self, method: str, seed: int, eval_fn=None, **match) -> tuple[dict, dict]:
+        """``(row, info)`` of one job, evaluated once. ``eval_fn(model) -> dict`` is called after each epoch
+        of a fine-tune the store does not hold yet (its values land in ``info["history"]``, stored with the
+        network); a call with one skips the cache of rows."""
+        key = repr((method, seed, sorted(match.items())))
+        if eval_fn is None and key in self._rows:
+            return self._rows[key]
+        (net, info), = self.train([self.job(method, seed, eval_fn=eval_fn, **match)])
+        row, _ = evaluate_model(net, self.S.data, self.layer, self.S.device, reference=self.S.loc)
+        self._rows[key] = (row, info)
+        return row, info
+
+
 def compared_networks(S: Setup, kd: dict, matching: dict, seed: int, methods=("naive", "sswa"),
                       structured: dict | None = None, div: int | None = None,
                       guards: Guards | dict | None = None, store: Store | None = None) -> dict:

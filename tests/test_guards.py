@@ -176,6 +176,34 @@ def test_recipe_dicts_make_the_networks_of_the_flat_recipes(tmp_path, synth_root
     assert _entries(tmp_path / "new") == _entries(tmp_path / "flat")  # nothing was trained again
 
 
+def test_structured_study_evaluates_each_fine_tune_once(tmp_path, synth_root, monkeypatch):
+    """:class:`apnb.recipes.StructuredStudy`: its jobs are :func:`apnb.recipes.job` with the study's schedule, its
+    grid trains the networks :func:`~apnb.recipes.structured_net` would give, and a row asked for twice is
+    evaluated once, unless an ``eval_fn`` asks for the fine-tune again."""
+    tr = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
+    ft = {"epochs": 1, "lr": 0.005, "optimizer": "adamw", "schedule": "constant", "batch_size": 8}
+    S = R.voc_setup(str(synth_root), None, 32, SPEC, tr, device="cpu", store=Store(tmp_path / "t"))
+    matching = {"layer": "last_conv", "p": 0.5, "beta": {"sswa": 2.0}}
+    structured = {"rate": 0.5, "layers": None, "finetune": ft}
+    store = Store(tmp_path / "s")
+    study = R.StructuredStudy(S, structured, matching, "last_conv", store=store)
+    assert study.job("sswa", 1, p=0.0) == R.job("sswa", 1, ft, matching, p=0.0)
+    (a, _), = study.train([study.job("sswa", 1)])
+    b, _ = R.structured_net(S, structured, matching, "sswa", 1, store=store)
+    assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+    calls = []
+    real = R.evaluate_model
+    monkeypatch.setattr(R, "evaluate_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    row, info = study.run("sswa", 1)
+    ref, _ = real(b, S.data, "last_conv", "cpu", reference=S.loc)
+    assert pd.Series(row).equals(pd.Series(ref)) and info["history"] == R.structured_net(S, structured, matching, "sswa", 1, store=store)[1]["history"]
+    assert study.run("sswa", 1) == (row, info) and len(calls) == 1  # the second ask is the kept row
+    study.run("sswa", 1, p=0.0)
+    assert len(calls) == 2 and len(_entries(tmp_path / "s")) == 2  # another field, another network
+    study.run("sswa", 1, eval_fn=lambda m: {"x": 1.0})
+    assert len(calls) == 3
+
+
 def test_fidelity_row_of_the_teacher_itself_and_of_another_network(tmp_path, synth_root):
     """:func:`apnb.evaluate.fidelity_row`: the teacher against itself has logit and map cosine 1 and its own AUC
     and mAP; another network's logit cosine is the mean of torch's per-image cosines."""
