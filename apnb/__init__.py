@@ -12,8 +12,9 @@ Interpretation" (NeurIPS 2020). Modules:
 - :mod:`apnb.compression`  distillation losses, unstructured and l1-structured pruning
 - :mod:`apnb.engine`       one ``fit`` with atomic checkpoints, resume, NaN guard, DDP, cohorts
 - :mod:`apnb.recipes`      the training recipes: teacher, distillation, pruning, quantization (Eq. 2), each
-                           stored and guarded, the setup every VOC notebook starts from, and the profiles'
-                           recipe mappings (matching, kd, structured, unstructured) turned into those networks
+                           stored and guarded, the setup every VOC notebook starts from (benchmark and
+                           teacher_recipe), and the profiles' recipe mappings (matching, kd, structured,
+                           unstructured) turned into those networks
 - :mod:`apnb.store`        the checkpoint store: finished networks under a hash of their recipe, one lock each
 - :mod:`apnb.metrics`      mAP, F1, ROC-AUC, pointing game, teacher-student cosine / l2
 - :mod:`apnb.attribution`  one ``attribute()`` API over Grad-CAM, EBP, LRP, RAP, saliency, InputGrad, IG, EG, AGI,

@@ -63,11 +63,11 @@ def main(argv=None):
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     s = dsub.add_parser("synth", help="write the synthetic benchmark (VOC 2012 layout, or ImageNet-S layout)",
                         description="Every SynthConfig field is a flag (defaults: SynthConfig's). --profile takes "
-                                    "a profile's synth settings (and data root), so `apnb data synth --profile demo` "
+                                    "a profile's benchmark (its synth settings and root), so `apnb data synth --profile demo` "
                                     "writes exactly the demo data; flags given as well override them.")
-    s.add_argument("--out", help="the folder (default: the profile's data_root with --profile)")
+    s.add_argument("--out", help="the folder (default: the profile's benchmark.root with --profile)")
     s.add_argument("--mode", choices=["voc", "imagenet"], default="voc")
-    s.add_argument("--profile", help="take synth settings and data_root from this profile (05_imagenet's for "
+    s.add_argument("--profile", help="take the synth settings and root of this profile's benchmark (05_imagenet's for "
                                      "--mode imagenet)")
     from dataclasses import fields
 
@@ -126,6 +126,7 @@ def main(argv=None):
             wide = table.pivot_table(index="submission", columns="exercise", values="score", aggfunc="sum")
             print(wide.to_string())
         elif args.cmd == "data" and args.data_cmd == "synth":
+            from .config import resolve_path
             from .data import synthetic
 
             kw, out = {}, args.out
@@ -133,10 +134,11 @@ def main(argv=None):
                 stem = "05_imagenet" if args.mode == "imagenet" else None
                 prof = runner.load_profile(args.profile)
                 p = {**prof["defaults"], **((prof["notebooks"].get(stem) or {}) if stem else {})}
-                if not p.get("synth"):
+                bench = p.get("benchmark") or {}
+                if not bench.get("synth"):
                     raise runner.RunError(f"profile {args.profile!r} has no synth settings for --mode {args.mode} "
                                           f"(it reads real data)")
-                kw, out = dict(p["synth"]), out or str(runner.repo_root() / p["data_root"])
+                kw, out = dict(bench["synth"]), out or str(resolve_path(bench["root"]))
             if not out:
                 s.error("give --out DIR or --profile NAME")
             kw.update({f.name: getattr(args, f.name) for f in fields(synthetic.SynthConfig)

@@ -339,11 +339,12 @@ def chapter_requirements(notebooks: list[Path]):
             own = prof[p]["notebooks"].get(nb.stem) or {}
             return own.get(key, prof[p]["defaults"].get(key)) if key in declared else None
 
-        trains = any(k.endswith("_train") or k.endswith("_finetune") for k in declared)
-        demo_data = "embedded synthetic" if value("demo", "synth") else ("none" if value("demo", "data_root") is None
-                                                                          else value("demo", "data_root"))
-        paper_data = ("none" if value("paper", "data_root") is None else
-                      "embedded synthetic" if value("paper", "synth") else value("paper", "data_root"))
+        def data(p):
+            bench = value(p, "benchmark")
+            return "none" if bench is None else "embedded synthetic" if bench.get("synth") else bench["root"]
+
+        trains = any(k.endswith(("_train", "_finetune", "_recipe")) for k in declared)
+        demo_data, paper_data = data("demo"), data("paper")
         rows.append({"chapter": nb.stem, "data at demo (CPU)": demo_data, "data at paper": paper_data,
                      "trains networks": "yes" if trains else "no",
                      "GPU at paper": "yes" if trains and paper_data != "none" else "no"})

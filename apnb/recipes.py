@@ -11,9 +11,10 @@ its premise guards (:mod:`apnb.guards`) before it is returned. Every recipe retu
 ``match_layers`` names the layers the regularizer matches, ``prune_layers`` the convolutions pruning removes
 channels from, and ``multilabel=False`` selects the single-label (ImageNet, CIFAR) losses and metrics.
 
-The notebooks call the recipes through the profiles' recipe mappings (``matching``, ``kd``, ``structured``,
-``unstructured``; the end of this module): :func:`student`, :func:`structured_nets`, :func:`unstructured_net`
-and :func:`quantized` take a :class:`Setup` and a mapping, and give the networks of the flat functions.
+The notebooks call the recipes through the profiles' mappings: :func:`voc_setup` takes ``benchmark`` and
+``teacher_recipe`` (:func:`train_teacher`); :func:`student`, :func:`structured_nets`, :func:`unstructured_net`
+and :func:`quantized` take a :class:`Setup` and a recipe mapping (``matching``, ``kd``, ``structured``,
+``unstructured``; the end of this module), and give the networks of the flat functions.
 """
 from __future__ import annotations
 
@@ -336,20 +337,35 @@ class Setup(NamedTuple):
         return self.info["key"]
 
 
-def voc_setup(data_root, synth, image_size, teacher_spec, teacher_train, teacher_pretrain=None, pretrained=False,
-              eval_layer="last_conv", device="auto", guards: Guards | dict | None = None,
-              store: Store | None = None) -> Setup:
-    """Data, the (stored, guarded) teacher and its evaluation row: the first step of every VOC notebook."""
-    data = voc_data(data_root, synth, image_size)
-    spec = dict(teacher_spec, num_classes=len(data["classes"]))
-    teacher, info = get_teacher(spec, data, teacher_train, teacher_pretrain, pretrained, device=device, guards=guards,
-                                store=store)
+def teacher_spec(recipe: dict, data: dict) -> dict:
+    """The model spec of a teacher mapping with the data's class count."""
+    return dict(recipe["spec"], num_classes=len(data["classes"]))
+
+
+def train_teacher(recipe: dict, data: dict, store: Store | None = None, device="auto", progress=True,
+                  multilabel: bool = True, guards: Guards | dict | None = None):
+    """:func:`get_teacher` from a profile's teacher mapping ``{spec, pretrained, pretrain, train}`` (``pretrained``
+    and ``pretrain`` may be left out: no ImageNet weights, no pretraining phase). Returns ``(model, info)``."""
+    return get_teacher(teacher_spec(recipe, data), data, recipe["train"], recipe.get("pretrain"),
+                       recipe.get("pretrained", False), store, device, progress, multilabel, guards)
+
+
+def voc_setup(benchmark: dict, teacher_recipe: dict, eval_layer="last_conv", device="auto",
+              guards: Guards | dict | None = None, store: Store | None = None) -> Setup:
+    """Data, the (stored, guarded) teacher and its evaluation row: the first step of every VOC notebook.
+    ``benchmark = {root, synth, image_size}`` (:func:`apnb.data.splits.voc_data`), ``teacher_recipe`` as
+    :func:`train_teacher` takes it."""
+    data = voc_data(benchmark["root"], benchmark["synth"], benchmark["image_size"])
+    teacher, info = train_teacher(teacher_recipe, data, store, device, guards=guards)
     row, loc = evaluate_model(teacher, data, eval_layer, device)
-    return Setup(data, teacher, info, row, loc, spec, resolve_device(device), image_size)
+    return Setup(data, teacher, info, row, loc, teacher_spec(teacher_recipe, data), resolve_device(device),
+                 benchmark["image_size"])
 
 
 # --- the recipe dicts of the profiles ------------------------------------------------------------------------
-# Every profile holds its recipes as four mappings (profiles/*.yml; apnb.validate checks their fields):
+# Every profile holds its recipes as mappings (profiles/*.yml; apnb.validate checks their fields): the data
+# (benchmark = {root, synth, image_size}) and the teacher (teacher_recipe = {spec, pretrained, pretrain, train})
+# go to voc_setup; the compression recipes are
 #   matching     = {layer, p, beta: {method: beta}}        the regularizer of Eq. 2 (apnb.matching)
 #   kd           = {div, T, alpha, train}                   distillation (paper Sec. 4.1): width divisor of the
 #                                                           student against the teacher, KD temperature and weight

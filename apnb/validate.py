@@ -9,9 +9,9 @@ copied here: each value is handed to the class the library builds from it (:clas
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 from . import models as M
+from .config import resolve_path
 from .data.synthetic import SynthConfig
 from .engine import TrainConfig
 from .guards import Guards
@@ -143,6 +143,16 @@ def _layers(v):
         raise ValueError("must be null (every convolution) or a list of module paths")
 
 
+def _path(v):
+    if v is not None and not (isinstance(v, str) and v):
+        raise ValueError("must be a path (a string) or null")
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+
+
 def _positive(v):
     if not float(v) > 0:
         raise ValueError("must be > 0")
@@ -158,6 +168,10 @@ RULES = {
     "seeds": _seeds, "sweep_seeds": _seeds, "gradat_seeds": _seeds, "design_seeds": _seeds, "ptq_seeds": _seeds,
     "qat_seeds": _seeds, "fractions": _fractions, "ratios": _fractions,
     "image_size": _pos_int, "student_divs": _divs, "roar_div": _pos_int, "device": _device, "eval_layer": _layer,
+    # the data: a folder (generated first when ``synth`` holds SynthConfig fields), the input size and, for the
+    # ImageNet chapter, the segmentation masks' file
+    "benchmark": _recipe({"root": _path, "synth": _synth, "image_size": _pos_int, "gtsegs": _path},
+                         ("root", "synth", "image_size")),
     "matching": _recipe({"layer": _layer, "p": _p, "beta": _beta}, ("layer", "p", "beta")),
     "kd": _recipe({"div": _pos_int, "T": _positive, "alpha": _unit, "train": _train}, ("div", "T", "alpha", "train")),
     "structured": _recipe({"rate": _prob, "layers": _layers, "finetune": _train}, ("rate", "finetune")),
@@ -166,9 +180,16 @@ RULES = {
 }
 
 
+# a teacher (:func:`apnb.recipes.train_teacher`): the network, ImageNet initialisation, the cue-free
+# pretraining phase (synthetic data only) and the training on the cued split
+_TEACHER = _recipe({"spec": _spec, "pretrained": _bool, "pretrain": _train, "train": _train}, ("spec", "train"))
+
+
 def _rule(name: str):
     if name in RULES:
         return RULES[name]
+    if name.endswith("_recipe"):
+        return _TEACHER
     if name.endswith(("_train", "_pretrain", "_finetune")) and not name.startswith("n_"):
         return _train
     if name.endswith("_spec"):
@@ -186,15 +207,15 @@ def check(notebook: str, params: dict) -> None:
             rule(value)
         except (ValueError, TypeError) as e:
             raise ParameterError(f"{notebook}: parameter {name} = {value!r} is invalid: {e}") from None
-    synth, root = params.get("synth"), params.get("data_root")
-    if root and not synth and not Path(root).exists():
-        raise ParameterError(f"{notebook}: parameter data_root = {root!r} does not exist (with synth off, the real "
-                             f"dataset must be there: see the reproduce page)")
-    for name in ("gtsegs",):
-        if params.get(name) and not Path(params[name]).exists():
-            raise ParameterError(f"{notebook}: parameter {name} = {params[name]!r} does not exist: give the path of "
-                                 f"the file or null")
-    if params.get("dataset") == "cifar" and params.get("cifar_root") and not Path(params["cifar_root"]).exists():
+    bench = params.get("benchmark") or {}
+    if bench.get("root") and not bench.get("synth") and not resolve_path(bench["root"]).exists():
+        raise ParameterError(f"{notebook}: parameter benchmark.root = {bench['root']!r} does not exist (with synth "
+                             f"off, the real dataset must be there: see the reproduce page)")
+    if bench.get("gtsegs") and not resolve_path(bench["gtsegs"]).exists():
+        raise ParameterError(f"{notebook}: parameter benchmark.gtsegs = {bench['gtsegs']!r} does not exist: give "
+                             f"the path of the file or null")
+    if (str(params.get("dataset", "")).startswith("cifar") and params.get("cifar_root")
+            and not resolve_path(params["cifar_root"]).exists()):
         raise ParameterError(f"{notebook}: parameter cifar_root = {params['cifar_root']!r} does not exist: put the "
                              f"CIFAR python batches there")
     kd = params.get("kd")

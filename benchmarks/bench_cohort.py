@@ -37,8 +37,9 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a = ap.parse_args()
     p = yaml.safe_load((ROOT / "profiles/demo.yml").read_text())["defaults"]
-    data = D.voc_data(str(ROOT / p["data_root"]), p["synth"], p["image_size"])
-    tspec = dict(p["teacher_spec"], num_classes=len(data["classes"]))
+    bench = p["benchmark"]
+    data = D.voc_data(str(ROOT / bench["root"]), bench["synth"], bench["image_size"])
+    tspec = R.teacher_spec(p["teacher_recipe"], data)
     teacher = M.build(tspec, seed=0).eval()
     kw = dict(device="cpu", progress=False)
     if a.grid == "kd":
@@ -62,7 +63,7 @@ def main():
         jobs = [{"method": m, "train": dict(train, seed=s), "beta": p["matching"]["beta"].get(m)}
                 for s in a.seeds for m in R.METHODS]
         what = f"structured fine-tunes of the teacher pruned at rho_c={rate}"
-        size = p["image_size"]
+        size = bench["image_size"]
 
         def one(j, store):
             return R.prune_structured(teacher, "bench", j["method"], data, j["train"], rate, size,

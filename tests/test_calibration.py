@@ -72,13 +72,15 @@ def test_demo_profile_is_the_calibrated_setting():
     frozen = rec["settings"][kd[0]["settings"]]
     demo = yaml.safe_load((REPO / "profiles" / "demo.yml").read_text())["defaults"]
     strip = lambda d: {k: v for k, v in d.items() if k != "seed"}  # noqa: E731
-    assert strip(demo["synth"]) == strip(frozen["synth"]) and demo["synth"]["seed"] != frozen["synth"]["seed"]
+    bench, teacher = demo["benchmark"], demo["teacher_recipe"]
+    assert strip(bench["synth"]) == strip(frozen["synth"]) and bench["synth"]["seed"] != frozen["synth"]["seed"]
     # the calibration record keeps the flat names it was run with; the profiles hold them as recipe mappings
     kd_, st_ = demo["kd"], demo["structured"]
-    for mine, theirs in [(demo["image_size"], "image_size"), (demo["teacher_spec"], "teacher_spec"),
+    assert teacher["pretrained"] is False
+    for mine, theirs in [(bench["image_size"], "image_size"), (teacher["spec"], "teacher_spec"),
                          (kd_["div"], "main_div"), (st_["rate"], "rho_c"), (kd_["T"], "kd_T"), (kd_["alpha"], "kd_alpha")]:
         assert mine == frozen[theirs], theirs
-    for mine, theirs in [(demo["teacher_pretrain"], "teacher_pretrain"), (demo["teacher_train"], "teacher_train"),
+    for mine, theirs in [(teacher["pretrain"], "teacher_pretrain"), (teacher["train"], "teacher_train"),
                          (kd_["train"], "student_train")]:
         assert strip(mine) == strip(frozen[theirs]), theirs
     # the structured fine-tune of the last structured step, whose P2 must hold

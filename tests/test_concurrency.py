@@ -122,9 +122,11 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     ("matching.p", "1.5", "MatchingConfig|drop probability"),
     ("kd.train", "{epochs: 2, lr: -1}", "lr"),
     ("kd", "{div: 2}", "missing fields"),
-    ("synth", "{classes: 99}", "classes=99"),
+    ("benchmark.synth", "{classes: 99}", "classes=99"),
+    ("benchmark", "{root: data/nowhere, synth: null, image_size: 64}", "benchmark.root .* does not exist"),
     ("guards", "{plateau: 3}", "guards.plateau"),
-    ("teacher_spec", "{arch: vgg99}", "unknown arch"),
+    ("teacher_recipe.spec", "{arch: vgg99}", "unknown arch"),
+    ("teacher_recipe", "{spec: {arch: vgg16_bn}}", "missing fields \\['train'\\]"),
     ("matching.beta", "{swa: -1}", "beta=-1"),
 ])
 def test_bad_parameter_rejected_before_compute(tmp_path, key, value, match):
@@ -132,7 +134,9 @@ def test_bad_parameter_rejected_before_compute(tmp_path, key, value, match):
     before = set((REPO / "build").rglob("*.results.json")) if (REPO / "build").exists() else set()
     t0 = time.time()
     r = subprocess.run([PY, "-m", "apnb.cli", "run", "notebooks/01_voc_distillation.ipynb", "--profile", "demo",
-                        "-p", key, value, "-p", "data_root", str(tmp_path / "data")], cwd=REPO, env=env,
+                        "-p", key, value, *([] if key.startswith("benchmark") else ["-p", "benchmark.root",
+                                                                                  str(tmp_path / "data")])],
+                       cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=120)
     elapsed = time.time() - t0
     assert r.returncode == 2

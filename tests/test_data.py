@@ -263,7 +263,7 @@ def test_cli_synth_takes_a_profiles_settings(tmp_path, capsys):
 
     from apnb import cli, runner
 
-    synth = runner.load_profile("smoke")["defaults"]["synth"]
+    synth = runner.load_profile("smoke")["defaults"]["benchmark"]["synth"]
     assert cli.main(["data", "synth", "--profile", "smoke", "--out", str(tmp_path / "a")]) in (0, None)
     stamp = json.loads((tmp_path / "a/VOCdevkit/VOC2012/apnb_synth.json").read_text())
     assert {k: stamp[k] for k in synth} == synth

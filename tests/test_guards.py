@@ -115,15 +115,23 @@ def test_top1_similarity_and_baselines(synth_root, small_vgg):
     assert 0.0 <= row["AUC"] <= 1.0 or row["AUC"] != row["AUC"]
 
 
+def _setup(root, train, store):
+    """:func:`apnb.recipes.voc_setup` on the 4-class test data (no synth), at 32 px, on the CPU."""
+    return R.voc_setup({"root": str(root), "synth": None, "image_size": 32}, {"spec": SPEC, "train": train},
+                       device="cpu", store=store)
+
+
 def test_voc_setup_is_the_teacher_and_its_row(tmp_path, synth_root):
     """:func:`apnb.recipes.voc_setup`: the data, the stored teacher, its row and maps, its spec and device."""
     tr = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
-    S = R.voc_setup(str(synth_root), None, 32, SPEC, tr, device="cpu", store=Store(tmp_path))
+    S = _setup(synth_root, tr, Store(tmp_path))
     data, teacher, info, row, loc = S.data, S.teacher, S.info, S.row, S.loc
     assert S.key == info["key"] and len(data["classes"]) == 4 and S.image_size == 32
     assert S.spec == dict(SPEC, num_classes=4) and S.device == torch.device("cpu")
-    again, _ = R.get_teacher(dict(SPEC, num_classes=4), data, tr, None, store=Store(tmp_path), device="cpu",
-                             progress=False)
+    # the teacher mapping is get_teacher's arguments: the same store entry, not a second network
+    again, again_info = R.get_teacher(dict(SPEC, num_classes=4), data, tr, None, store=Store(tmp_path), device="cpu",
+                                      progress=False)
+    assert again_info["key"] == S.key and len(list(tmp_path.rglob("final.pt"))) == 1
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), again.state_dict().values()))
     ref, _ = E.evaluate_model(teacher, data, device="cpu")
     assert pd.Series(row).equals(pd.Series(ref)) and loc.maps.shape[0] == len(loc.pairs)  # NaN equal to NaN
@@ -140,7 +148,7 @@ def test_recipe_dicts_make_the_networks_of_the_flat_recipes(tmp_path, synth_root
     store entries and weights) of the flat recipes they stand for."""
     tr = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
     ft = {"epochs": 1, "lr": 0.005, "optimizer": "adamw", "schedule": "constant", "batch_size": 8}
-    S = R.voc_setup(str(synth_root), None, 32, SPEC, tr, device="cpu", store=Store(tmp_path / "a"))
+    S = _setup(synth_root, tr, Store(tmp_path / "a"))
     matching = {"layer": "last_conv", "p": 0.5, "beta": {"sswa": 2.0}}
     kd = {"div": 2, "T": 3.0, "alpha": 0.8, "train": ft}
     structured = {"rate": 0.5, "layers": None, "finetune": ft}
@@ -182,7 +190,7 @@ def test_structured_study_evaluates_each_fine_tune_once(tmp_path, synth_root, mo
     evaluated once, unless an ``eval_fn`` asks for the fine-tune again."""
     tr = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
     ft = {"epochs": 1, "lr": 0.005, "optimizer": "adamw", "schedule": "constant", "batch_size": 8}
-    S = R.voc_setup(str(synth_root), None, 32, SPEC, tr, device="cpu", store=Store(tmp_path / "t"))
+    S = _setup(synth_root, tr, Store(tmp_path / "t"))
     matching = {"layer": "last_conv", "p": 0.5, "beta": {"sswa": 2.0}}
     structured = {"rate": 0.5, "layers": None, "finetune": ft}
     store = Store(tmp_path / "s")
@@ -208,7 +216,7 @@ def test_fidelity_row_of_the_teacher_itself_and_of_another_network(tmp_path, syn
     """:func:`apnb.evaluate.fidelity_row`: the teacher against itself has logit and map cosine 1 and its own AUC
     and mAP; another network's logit cosine is the mean of torch's per-image cosines."""
     tr = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
-    S = R.voc_setup(str(synth_root), None, 32, SPEC, tr, device="cpu", store=Store(tmp_path))
+    S = _setup(synth_root, tr, Store(tmp_path))
     x, _ = D.tensors(S.data["val"])
     with torch.no_grad():
         t_logits = S.teacher.eval()(x)

@@ -19,15 +19,19 @@ NOTEBOOKS = runner.toc_notebooks()
 def test_paper_dry_extends_the_paper_profile():
     paper, dry = runner.load_profile("paper"), runner.load_profile("paper-dry")
     # the architectures, image size and optimizer family are the paper's, not restated
-    for k in ("teacher_spec", "image_size", "matching"):
-        assert dry["defaults"][k] == paper["defaults"][k], k
+    assert dry["defaults"]["teacher_recipe"]["spec"] == paper["defaults"]["teacher_recipe"]["spec"]
+    assert dry["defaults"]["benchmark"]["image_size"] == paper["defaults"]["benchmark"]["image_size"]
+    assert dry["defaults"]["matching"] == paper["defaults"]["matching"]
     # the recipes are the paper's but for their schedules (one epoch, one round)
     for recipe, fields in [("kd", ("div", "T", "alpha")), ("structured", ("rate", "layers")), ("unstructured", ("rate",))]:
         for f in fields:
             assert dry["defaults"][recipe][f] == paper["defaults"][recipe][f], (recipe, f)
-    assert dry["notebooks"]["05_imagenet"]["resnet_spec"] == paper["notebooks"]["05_imagenet"]["resnet_spec"]
+    for net in ("vgg_recipe", "resnet_recipe"):
+        assert dry["notebooks"]["05_imagenet"][net]["spec"] == paper["notebooks"]["05_imagenet"][net]["spec"], net
+        assert dry["notebooks"]["05_imagenet"][net]["pretrained"] is False and paper["notebooks"]["05_imagenet"][net]["pretrained"]
     assert dry["defaults"]["kd"]["train"].get("optimizer", "sgd") == "sgd"
-    assert dry["defaults"]["pretrained"] is False and dry["fixtures"]
+    assert dry["defaults"]["teacher_recipe"]["pretrained"] is False and paper["defaults"]["teacher_recipe"]["pretrained"]
+    assert dry["fixtures"]
 
 
 @pytest.mark.unit
@@ -57,8 +61,9 @@ def test_notebook_runs_at_paper_dry(nb, paper_dry_runs):
     executed = nbformat.read(runner.runs_dir("paper-dry") / nb.name, 4)
     assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     p = rec["parameters"]
-    if "teacher_spec" in p and p.get("synth") is None and nb.stem != "23_lpi_benchmarks":
-        assert p["image_size"] == 227 and p["teacher_spec"]["width_div"] == 1 and p["teacher_spec"]["n_pools"] == 5
+    if "teacher_recipe" in p and p["benchmark"]["synth"] is None and nb.stem != "23_lpi_benchmarks":
+        spec = p["teacher_recipe"]["spec"]
+        assert p["benchmark"]["image_size"] == 227 and spec["width_div"] == 1 and spec["n_pools"] == 5
 
 
 @pytest.mark.notebooks
@@ -70,5 +75,5 @@ def test_paper_dry_teacher_is_the_paper_architecture(paper_dry_runs):
 
     features = sum(p.numel() for p in torchvision.models.vgg16_bn().features.parameters())  # 14.7 M, BN included
     assert rows["params"] == features + 512 * 7 * 7 * 20 + 20
-    assert json.dumps(paper_dry_runs["01_voc_distillation"]["parameters"]["teacher_train"]).count("multistep") == 1
+    assert json.dumps(paper_dry_runs["01_voc_distillation"]["parameters"]["teacher_recipe"]["train"]).count("multistep") == 1
     assert rows["mAP_nocue"] is None  # real VOC has no cue-free copy: NaN, recorded as null

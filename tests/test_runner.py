@@ -69,6 +69,31 @@ def test_recipe_mappings_are_checked_field_by_field():
         validate.check("nb", {"kd": {"div": 3, "T": 4.0, "alpha": 0.9, "train": {"epochs": 1}}, "student_divs": [2, 4]})
 
 
+def test_benchmark_and_teacher_mappings_are_checked(tmp_path):
+    """The data (``benchmark``) and the teachers (``*_recipe``) are mappings checked like the recipes; a real
+    dataset (synth off) or a masks file that is not there is named before anything runs."""
+    from apnb import validate
+
+    synth = {"classes": 3, "n_train": 8, "n_val": 4, "n_seg": 4, "size": 32}
+    teacher = {"spec": {"arch": "vgg16_bn", "width_div": 16}, "pretrained": False, "train": {"epochs": 1}}
+    validate.check("nb", {"benchmark": {"root": str(tmp_path / "new"), "synth": synth, "image_size": 32},
+                          "teacher_recipe": teacher, "vgg_recipe": dict(teacher, train=None)})
+    validate.check("nb", {"benchmark": {"root": str(tmp_path), "synth": None, "image_size": 32}})
+    for name, value, match in [
+            ("benchmark", {"root": "x", "synth": synth}, r"missing fields \['image_size'\]"),
+            ("benchmark", {"root": "x", "synth": dict(synth, classes=99), "image_size": 32}, "synth: .*classes=99"),
+            ("benchmark", {"root": str(tmp_path / "VOC"), "synth": None, "image_size": 32},
+             "benchmark.root = .*VOC' does not exist"),
+            ("benchmark", {"root": str(tmp_path), "synth": None, "image_size": 32, "gtsegs": str(tmp_path / "g.mat")},
+             "benchmark.gtsegs = .*does not exist"),
+            ("teacher_recipe", dict(teacher, pretrained="yes"), "pretrained: must be true or false"),
+            ("teacher_recipe", dict(teacher, spec={"arch": "vgg99"}), "spec: unknown arch"),
+            ("resnet_recipe", {"spec": {"arch": "resnet34"}, "epochs": 3}, r"unknown fields \['epochs'\]"),
+            ("vgg_recipe", dict(teacher, train={"lr": -1}), "train: .*lr")]:
+        with pytest.raises(validate.ParameterError, match=match):
+            validate.check("nb", {name: value})
+
+
 def test_a_profile_extends_another(mini_repo):
     """``extends``: the base's values, then the profile's, key by key (a mapping value is replaced whole)."""
     prof = mini_repo / "profiles"
