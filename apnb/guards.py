@@ -4,8 +4,8 @@ The paper's argument stands on two premises (see the book's calibration page): t
 the objects (an ImageNet-initialised VGG16 in the paper, Table 2: AUC 88.8, pointing 80.2), and a naive
 compressed network keeps its accuracy. A network that failed to train would make every later number
 meaningless, so a failed check stops the run with one line naming the network, the number and the
-threshold (:class:`PremiseError`). Thresholds come from the profile (``guards`` parameter); ``None`` or a
-missing key switches one check off.
+threshold (:class:`PremiseError`). Thresholds come from the profile (the ``guards`` field of its
+``benchmark``); ``None`` or a missing key switches one check off.
 
 - ``plateau``: the pretraining (or training) loss must leave its first plateau: the mean loss of the last
   epoch at most ``plateau`` x the highest loss of the first two epochs (a teacher whose loss sat at 0.61

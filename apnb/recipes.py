@@ -330,6 +330,8 @@ class Setup(NamedTuple):
     spec: dict  # the teacher's model spec, as the profile gives it plus num_classes; students derive theirs
     device: torch.device
     image_size: int  # the side of the images the networks see (structured pruning traces at this size)
+    eval_layer: str = "last_conv"  # the layer whose Grad-CAM maps are scored (the benchmark's)
+    guards: dict | None = None  # the benchmark's premise guards, for the networks built on the teacher
 
     @property
     def key(self) -> str:
@@ -350,22 +352,23 @@ def train_teacher(recipe: dict, data: dict, store: Store | None = None, device="
                        recipe.get("pretrained", False), store, device, progress, multilabel, guards)
 
 
-def voc_setup(benchmark: dict, teacher_recipe: dict, eval_layer="last_conv", device="auto",
-              guards: Guards | dict | None = None, store: Store | None = None) -> Setup:
+def voc_setup(benchmark: dict, teacher_recipe: dict, device="auto", store: Store | None = None) -> Setup:
     """Data, the (stored, guarded) teacher and its evaluation row: the first step of every VOC notebook.
-    ``benchmark = {root, synth, image_size}`` (:func:`apnb.data.splits.voc_data`), ``teacher_recipe`` as
-    :func:`train_teacher` takes it."""
+    ``benchmark = {root, synth, image_size, eval_layer, guards}`` (the data, :func:`apnb.data.splits.voc_data`;
+    the layer whose maps are scored, default ``last_conv``; the premise guards, :mod:`apnb.guards`, default
+    off), ``teacher_recipe`` as :func:`train_teacher` takes it."""
     data = voc_data(benchmark["root"], benchmark["synth"], benchmark["image_size"])
+    layer, guards = benchmark.get("eval_layer", "last_conv"), benchmark.get("guards")
     teacher, info = train_teacher(teacher_recipe, data, store, device, guards=guards)
-    row, loc = evaluate_model(teacher, data, eval_layer, device)
+    row, loc = evaluate_model(teacher, data, layer, device)
     return Setup(data, teacher, info, row, loc, teacher_spec(teacher_recipe, data), resolve_device(device),
-                 benchmark["image_size"])
+                 benchmark["image_size"], layer, guards)
 
 
 # --- the recipe dicts of the profiles ------------------------------------------------------------------------
-# Every profile holds its recipes as mappings (profiles/*.yml; apnb.validate checks their fields): the data
-# (benchmark = {root, synth, image_size}) and the teacher (teacher_recipe = {spec, pretrained, pretrain, train})
-# go to voc_setup; the compression recipes are
+# Every profile holds its recipes as mappings (profiles/*.yml; apnb.validate checks their fields): the
+# benchmark (benchmark = {root, synth, image_size, eval_layer, guards}) and the teacher (teacher_recipe =
+# {spec, pretrained, pretrain, train}) go to voc_setup; the compression recipes are
 #   matching     = {layer, p, beta: {method: beta}}        the regularizer of Eq. 2 (apnb.matching)
 #   kd           = {div, T, alpha, train}                   distillation (paper Sec. 4.1): width divisor of the
 #                                                           student against the teacher, KD temperature and weight

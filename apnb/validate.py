@@ -168,10 +168,12 @@ RULES = {
     "seeds": _seeds, "sweep_seeds": _seeds, "gradat_seeds": _seeds, "design_seeds": _seeds, "ptq_seeds": _seeds,
     "qat_seeds": _seeds, "fractions": _fractions, "ratios": _fractions,
     "image_size": _pos_int, "student_divs": _divs, "roar_div": _pos_int, "device": _device, "eval_layer": _layer,
-    # the data: a folder (generated first when ``synth`` holds SynthConfig fields), the input size and, for the
-    # ImageNet chapter, the segmentation masks' file
-    "benchmark": _recipe({"root": _path, "synth": _synth, "image_size": _pos_int, "gtsegs": _path},
-                         ("root", "synth", "image_size")),
+    # the benchmark: the data (a folder, generated first when ``synth`` holds SynthConfig fields; the input
+    # size; for the ImageNet chapter the segmentation masks' file), the layer whose maps are scored, and the
+    # premise guards every network trained on it must pass (apnb.guards)
+    "benchmark": _recipe({"root": _path, "synth": _synth, "image_size": _pos_int, "gtsegs": _path,
+                          "eval_layer": _layer, "guards": _guards},
+                         ("root", "synth", "image_size", "eval_layer", "guards")),
     "matching": _recipe({"layer": _layer, "p": _p, "beta": _beta}, ("layer", "p", "beta")),
     "kd": _recipe({"div": _pos_int, "T": _positive, "alpha": _unit, "train": _train}, ("div", "T", "alpha", "train")),
     "structured": _recipe({"rate": _prob, "layers": _layers, "finetune": _train}, ("rate", "finetune")),

@@ -23,7 +23,7 @@ QAT = {"epochs": 1, "lr": 0.0001, "optimizer": "adamw", "schedule": "cosine", "b
 
 def main():
     data, teacher, tinfo, *_ = R.voc_setup({"root": "build/data/synth-voc", "synth": SYNTH, "image_size": 64},
-                                           {"spec": TEACHER, "pretrain": PRE, "train": TRAIN}, "last_conv", "cpu")
+                                           {"spec": TEACHER, "pretrain": PRE, "train": TRAIN}, "cpu")
     x, _ = D.tensors(data["val"])
     x_cal, _ = D.train_images(data, 256, 0)
     print(f"{'engine':8s} {'recipe':5s} {'top-1 agreement':>16s} {'max |logit diff| / range':>26s}")

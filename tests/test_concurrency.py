@@ -123,8 +123,8 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     ("kd.train", "{epochs: 2, lr: -1}", "lr"),
     ("kd", "{div: 2}", "missing fields"),
     ("benchmark.synth", "{classes: 99}", "classes=99"),
-    ("benchmark", "{root: data/nowhere, synth: null, image_size: 64}", "benchmark.root .* does not exist"),
-    ("guards", "{plateau: 3}", "guards.plateau"),
+    ("benchmark.synth", "null", "benchmark.root .* does not exist"),
+    ("benchmark.guards", "{plateau: 3}", "guards.plateau"),
     ("teacher_recipe.spec", "{arch: vgg99}", "unknown arch"),
     ("teacher_recipe", "{spec: {arch: vgg16_bn}}", "missing fields \\['train'\\]"),
     ("matching.beta", "{swa: -1}", "beta=-1"),
@@ -134,9 +134,7 @@ def test_bad_parameter_rejected_before_compute(tmp_path, key, value, match):
     before = set((REPO / "build").rglob("*.results.json")) if (REPO / "build").exists() else set()
     t0 = time.time()
     r = subprocess.run([PY, "-m", "apnb.cli", "run", "notebooks/01_voc_distillation.ipynb", "--profile", "demo",
-                        "-p", key, value, *([] if key.startswith("benchmark") else ["-p", "benchmark.root",
-                                                                                  str(tmp_path / "data")])],
-                       cwd=REPO, env=env,
+                        "-p", key, value, "-p", "benchmark.root", str(tmp_path / "data")], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=120)
     elapsed = time.time() - t0
     assert r.returncode == 2

@@ -70,22 +70,24 @@ def test_recipe_mappings_are_checked_field_by_field():
 
 
 def test_benchmark_and_teacher_mappings_are_checked(tmp_path):
-    """The data (``benchmark``) and the teachers (``*_recipe``) are mappings checked like the recipes; a real
-    dataset (synth off) or a masks file that is not there is named before anything runs."""
+    """The benchmark (data, scored layer, premise guards) and the teachers (``*_recipe``) are mappings checked
+    like the recipes; a real dataset (synth off) or a masks file that is not there is named before anything runs."""
     from apnb import validate
 
     synth = {"classes": 3, "n_train": 8, "n_val": 4, "n_seg": 4, "size": 32}
     teacher = {"spec": {"arch": "vgg16_bn", "width_div": 16}, "pretrained": False, "train": {"epochs": 1}}
-    validate.check("nb", {"benchmark": {"root": str(tmp_path / "new"), "synth": synth, "image_size": 32},
-                          "teacher_recipe": teacher, "vgg_recipe": dict(teacher, train=None)})
-    validate.check("nb", {"benchmark": {"root": str(tmp_path), "synth": None, "image_size": 32}})
+    bench = {"root": str(tmp_path / "new"), "synth": synth, "image_size": 32, "eval_layer": "last_conv",
+             "guards": {"teacher_map": 0.85}}
+    real = dict(bench, root=str(tmp_path), synth=None)
+    validate.check("nb", {"benchmark": bench, "teacher_recipe": teacher, "vgg_recipe": dict(teacher, train=None)})
+    validate.check("nb", {"benchmark": real})
     for name, value, match in [
-            ("benchmark", {"root": "x", "synth": synth}, r"missing fields \['image_size'\]"),
-            ("benchmark", {"root": "x", "synth": dict(synth, classes=99), "image_size": 32}, "synth: .*classes=99"),
-            ("benchmark", {"root": str(tmp_path / "VOC"), "synth": None, "image_size": 32},
-             "benchmark.root = .*VOC' does not exist"),
-            ("benchmark", {"root": str(tmp_path), "synth": None, "image_size": 32, "gtsegs": str(tmp_path / "g.mat")},
-             "benchmark.gtsegs = .*does not exist"),
+            ("benchmark", {"root": "x", "synth": synth}, r"missing fields \['image_size', 'eval_layer', 'guards'\]"),
+            ("benchmark", dict(bench, synth=dict(synth, classes=99)), "synth: .*classes=99"),
+            ("benchmark", dict(bench, guards={"teacher_map": 2}), "guards: .*teacher_map=2"),
+            ("benchmark", dict(bench, eval_layer=""), "eval_layer: must be a layer name"),
+            ("benchmark", dict(real, root=str(tmp_path / "VOC")), "benchmark.root = .*VOC' does not exist"),
+            ("benchmark", dict(real, gtsegs=str(tmp_path / "g.mat")), "benchmark.gtsegs = .*does not exist"),
             ("teacher_recipe", dict(teacher, pretrained="yes"), "pretrained: must be true or false"),
             ("teacher_recipe", dict(teacher, spec={"arch": "vgg99"}), "spec: unknown arch"),
             ("resnet_recipe", {"spec": {"arch": "resnet34"}, "epochs": 3}, r"unknown fields \['epochs'\]"),
