@@ -63,12 +63,12 @@ def main(argv=None):
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     s = dsub.add_parser("synth", help="write the synthetic benchmark (VOC 2012 layout, or ImageNet-S layout)",
                         description="Every SynthConfig field is a flag (defaults: SynthConfig's). --profile takes "
-                                    "a profile's benchmark (its synth settings and root), so `apnb data synth --profile demo` "
-                                    "writes exactly the demo data; flags given as well override them.")
+                                    "a profile's benchmark (its synth settings and root), so `apnb data synth "
+                                    "--profile demo` writes exactly the demo data; flags given as well override them.")
     s.add_argument("--out", help="the folder (default: the profile's benchmark.root with --profile)")
     s.add_argument("--mode", choices=["voc", "imagenet"], default="voc")
-    s.add_argument("--profile", help="take the synth settings and root of this profile's benchmark (05_imagenet's for "
-                                     "--mode imagenet)")
+    s.add_argument("--profile", help="take the synth settings and root of this profile's benchmark (05_imagenet's "
+                                     "for --mode imagenet)")
     from dataclasses import fields
 
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -164,10 +164,10 @@ def _unit(v):
 
 
 RULES = {
-    "synth": _synth, "betas": _betas, "ps": _ps, "guards": _guards,
+    "betas": _betas, "ps": _ps,
     "seeds": _seeds, "sweep_seeds": _seeds, "gradat_seeds": _seeds, "design_seeds": _seeds, "ptq_seeds": _seeds,
     "qat_seeds": _seeds, "fractions": _fractions, "ratios": _fractions,
-    "image_size": _pos_int, "student_divs": _divs, "roar_div": _pos_int, "device": _device, "eval_layer": _layer,
+    "image_size": _pos_int, "student_divs": _divs, "roar_div": _pos_int, "device": _device,
     # the benchmark: the data (a folder, generated first when ``synth`` holds SynthConfig fields; the input
     # size; for the ImageNet chapter the segmentation masks' file), the layer whose maps are scored, and the
     # premise guards every network trained on it must pass (apnb.guards)
