@@ -8,7 +8,7 @@ MATHJAX := 3.2.2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml Makefile | sha256sum | cut -c1-12)
 
-.PHONY: book test smoke-book install clean
+.PHONY: book test unit coverage smoke-book install clean
 
 $(STAMP): requirements.txt pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,21 @@ book: $(STAMP)  ## execute every notebook at the demo profile and build the HTML
 smoke-book: $(STAMP)
 	$(BIN)/apnb book --profile smoke
 
-test: $(STAMP)  ## unit tests, every notebook at the smoke profile, and the smoke book build
-	$(BIN)/python -m pytest -q
+# two pytest-xdist workers, one core each; the book build and the browser test stay on one worker (loadgroup)
+XDIST := -n 2 --dist loadgroup
+
+test: $(STAMP)  ## unit tests, every notebook at the smoke profile, paper-dry notebooks, the smoke book build
+	$(BIN)/python -m pytest -q $(XDIST) --durations=40
+
+unit: $(STAMP)  ## the unit tests alone (no notebook, book or slow subprocess test)
+	$(BIN)/python -m pytest -q $(XDIST) -m "unit and not slow" --durations=15
+
+coverage: $(STAMP)  ## make test under coverage, kernels and subprocesses included: line report of apnb/
+	rm -rf build/coverage && mkdir -p build/coverage
+	APNB_COVERAGE_DATA=$(CURDIR)/build/coverage/.coverage COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml \
+	  $(BIN)/python -m pytest -q $(XDIST) -p no:cacheprovider
+	$(BIN)/coverage combine -q --data-file=build/coverage/.coverage build/coverage
+	$(BIN)/coverage report --data-file=build/coverage/.coverage | tail -1
 
 clean:
 	rm -rf build

@@ -177,8 +177,6 @@ def run_records(profile: str, stems) -> dict[str, dict]:
 def run_notebook(nb: str | Path, profile: str = "demo", overrides: dict | None = None, force: bool = False,
                  out_dir: Path | None = None, log=print) -> Path:
     """Execute one notebook at ``profile`` into the runs folder; skip it when nothing it depends on changed."""
-    import papermill as pm
-
     nb = Path(nb)
     if not nb.is_absolute():
         nb = (Path.cwd() / nb) if (Path.cwd() / nb).exists() else repo_root() / nb
@@ -188,6 +186,17 @@ def run_notebook(nb: str | Path, profile: str = "demo", overrides: dict | None =
     params = params_for(nb, profile, overrides)
     out_dir = out_dir or runs_dir(profile)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # one run of a notebook at a time per runs folder: a second caller (another shell, a pytest-xdist worker)
+    # waits, then finds the finished run unchanged instead of sharing and emptying its partial record
+    from filelock import FileLock
+
+    with FileLock(str(out_dir / f".{nb.stem}.lock")):
+        return _run_locked(nb, profile, params, out_dir, force, log)
+
+
+def _run_locked(nb: Path, profile: str, params: dict, out_dir: Path, force: bool, log) -> Path:
+    import papermill as pm
+
     out = out_dir / nb.name
     rec = out_dir / f"{nb.stem}.results.json"
     stamp_file = out_dir / f"{nb.stem}.stamp"

@@ -118,7 +118,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     assert r.resumed_from == 1 and len(r.history) == 3
 
 
-@pytest.mark.parametrize("key,value,match", [
+BAD = [
     ("matching.p", "1.5", "MatchingConfig|drop probability"),
     ("kd.train", "{epochs: 2, lr: -1}", "lr"),
     ("kd", "{div: 2}", "missing fields"),
@@ -128,10 +128,19 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     ("teacher_recipe.spec", "{arch: vgg99}", "unknown arch"),
     ("teacher_recipe", "{spec: {arch: vgg16_bn}}", "missing fields \\['train'\\]"),
     ("matching.beta", "{swa: -1}", "beta=-1"),
-])
-def test_bad_parameter_rejected_before_compute(tmp_path, key, value, match):
+]
+
+
+def _results():
+    return set((REPO / "build").rglob("*.results.json")) if (REPO / "build").exists() else set()
+
+
+def test_bad_parameter_rejected_before_compute(tmp_path):
+    """`apnb run` in a fresh process: the first bad value is one line on stderr, exit 2, within seconds, and
+    nothing was generated, trained or recorded."""
+    key, value, match = BAD[0]
     env = dict(os.environ, APNB_STORE=str(tmp_path / "store"))
-    before = set((REPO / "build").rglob("*.results.json")) if (REPO / "build").exists() else set()
+    before = _results()
     t0 = time.time()
     r = subprocess.run([PY, "-m", "apnb.cli", "run", "notebooks/01_voc_distillation.ipynb", "--profile", "demo",
                         "-p", key, value, "-p", "benchmark.root", str(tmp_path / "data")], cwd=REPO, env=env,
@@ -140,8 +149,25 @@ def test_bad_parameter_rejected_before_compute(tmp_path, key, value, match):
     assert r.returncode == 2
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("apnb: error: 01_voc_distillation.ipynb: parameter ") and __import__("re").search(match, line)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "store").exists()
+    assert _results() == before
+    assert elapsed < 60  # a loose bound for a loaded CI machine; the measured time is in the README
+
+
+@pytest.mark.parametrize("key,value,match", BAD[1:])
+def test_every_bad_parameter_is_one_line_before_compute(tmp_path, monkeypatch, capsys, key, value, match):
+    """The same command line through :func:`apnb.cli.main` in this process (no second torch import per case)."""
+    from apnb import cli
+
+    monkeypatch.setenv("APNB_STORE", str(tmp_path / "store"))
+    monkeypatch.chdir(REPO)
+    before = _results()
+    rc = cli.main(["run", "notebooks/01_voc_distillation.ipynb", "--profile", "demo", "-p", key, value,
+                   "-p", "benchmark.root", str(tmp_path / "data")])
+    assert rc == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("apnb: error: 01_voc_distillation.ipynb: parameter ") and __import__("re").search(match, lines[0])
     # nothing was generated or trained, and no run was recorded
     assert not (tmp_path / "data").exists() and not (tmp_path / "store").exists()
-    after = set((REPO / "build").rglob("*.results.json")) if (REPO / "build").exists() else set()
-    assert after == before
-    assert elapsed < 60  # a loose bound for a loaded CI machine; the measured time is in the README
+    assert _results() == before

@@ -174,6 +174,22 @@ def test_options_run(opts):
     assert torch.isfinite(loss) and loss > 0
 
 
+def test_weighted_maps_by_hand():
+    """Eq. 5's pooled weights and the per-neuron map sum_c A*dA, each with SSWA's channel mask (Eq. 6), against
+    the formulas written out; a masked channel contributes nothing."""
+    from apnb.gradcam import weighted_maps
+
+    g = torch.Generator().manual_seed(0)
+    a, d = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    mask = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]])
+    pooled = sum(d[:, c].mean((1, 2))[:, None, None] * mask[:, c, None, None] * a[:, c] for c in range(3))
+    neuron = sum(a[:, c] * d[:, c] * mask[:, c, None, None] for c in range(3))
+    assert torch.allclose(weighted_maps(a, d, relu=False, weights_mask=mask), pooled, atol=1e-6)
+    assert torch.allclose(weighted_maps(a, d, relu=False, per_neuron=True, weights_mask=mask), neuron, atol=1e-6)
+    assert torch.allclose(weighted_maps(a, d, per_neuron=True, weights_mask=mask), F.relu(neuron), atol=1e-6)
+    assert torch.allclose(weighted_maps(a, d, per_neuron=True), F.relu((a * d).sum(1)), atol=1e-6)
+
+
 def test_grad_at():
     t, s = _pair()
     y = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0]], dtype=torch.float32)

@@ -7,6 +7,8 @@ import pytest
 
 from apnb import runner
 
+from conftest import run_one
+
 NOTEBOOKS = runner.toc_notebooks()
 ALL_SOURCES = sorted((runner.repo_root() / "notebooks").glob("*.ipynb"))
 
@@ -38,8 +40,8 @@ def _finite(v):
 
 @pytest.mark.notebooks
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_and_records(nb, smoke_runs):
-    rec = smoke_runs[nb.stem]
+def test_notebook_runs_and_records(nb):
+    rec = run_one(nb.stem, "smoke")
     for key in ("notebook", "profile", "parameters", "commit", "wall_time_s", "finished_at", "rows"):
         assert key in rec, f"{nb.name} record lacks {key}"
     assert rec["profile"] == "smoke" and rec["rows"]
@@ -59,10 +61,8 @@ def test_notebook_runs_and_records(nb, smoke_runs):
 
 
 @pytest.mark.notebooks
-def test_distillation_record_structure(smoke_runs):
-    rec = smoke_runs.get("01_voc_distillation")
-    if rec is None:
-        pytest.skip("not in the toc")
+def test_distillation_record_structure():
+    rec = run_one("01_voc_distillation", "smoke")
     p = rec["parameters"]
     rows = [r for r in rec["rows"] if r["table"] == "table2" and r["metric"] == "AUC"]
     assert len(rows) == len(p["student_divs"]) * len(p["methods"])  # one row per (student, method)
@@ -75,7 +75,21 @@ def test_distillation_record_structure(smoke_runs):
     assert store.get("loaded", 0) >= 1 and store.get("trained", 0) + store.get("loaded", 0) >= 1 + len(runs)
 
 
+@pytest.mark.notebooks
+def test_course_page_grades_the_solutions():
+    """The course page grades the worked solutions (the copy that must score full marks; test_course.py grades
+    the other two): every autograded exercise is graded, at full marks."""
+    from apnb import course
+
+    rows = [r for r in run_one("30_course", "smoke")["rows"] if r["table"] == "grading"]
+    score = {r["exercise"]: r["value"] for r in rows if r["metric"] == "score"}
+    possible = {r["exercise"]: r["value"] for r in rows if r["metric"] == "possible"}
+    points = {e.question: e.points for items in course.chapter_exercises(NOTEBOOKS).values() for e in items if e.scored}
+    assert possible == points and score == possible
+
+
 @pytest.mark.book
+@pytest.mark.xdist_group("book")  # one worker builds the book and serves it to the browser test
 def test_smoke_book_builds_without_warnings(smoke_book):
     index = smoke_book
     assert index.exists()
