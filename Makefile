@@ -28,8 +28,8 @@ book: $(STAMP)  ## execute every notebook at the demo profile and build the HTML
 smoke-book: $(STAMP)
 	$(BIN)/apnb book --profile smoke
 
-# two pytest-xdist workers, one core each; the book build and the browser test stay on one worker (loadgroup)
-XDIST := -n 2 --dist loadgroup
+# two pytest-xdist workers, one core each (tests/conftest.py); notebooks and the smoke book run once per session
+XDIST := -n 2
 
 test: $(STAMP)  ## unit tests, every notebook at the smoke profile, paper-dry notebooks, the smoke book build
 	$(BIN)/python -m pytest -q $(XDIST) --durations=40
@@ -37,12 +37,16 @@ test: $(STAMP)  ## unit tests, every notebook at the smoke profile, paper-dry no
 unit: $(STAMP)  ## the unit tests alone (no notebook, book or slow subprocess test)
 	$(BIN)/python -m pytest -q $(XDIST) -m "unit and not slow" --durations=15
 
-coverage: $(STAMP)  ## make test under coverage, kernels and subprocesses included: line report of apnb/
-	rm -rf build/coverage && mkdir -p build/coverage
-	APNB_COVERAGE_DATA=$(CURDIR)/build/coverage/.coverage COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml \
-	  $(BIN)/python -m pytest -q $(XDIST) -p no:cacheprovider
+coverage: $(STAMP)  ## make test under coverage (kernels and subprocesses included): line report of apnb/
+	# the smoke and paper-dry runs and data are test outputs: removed, so that every path runs again; networks
+	# go to a store of their own (build/store, which the demo book uses, is left alone)
+	rm -rf build/coverage build/runs/smoke build/runs/paper-dry build/data/synth-voc-smoke \
+	  build/data/synth-imagenet-smoke build/data/paper-dry && mkdir -p build/coverage
+	APNB_STORE=$(CURDIR)/build/coverage/store APNB_COVERAGE_DATA=$(CURDIR)/build/coverage/.coverage \
+	  COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/python -m pytest -q $(XDIST) -p no:cacheprovider
 	$(BIN)/coverage combine -q --data-file=build/coverage/.coverage build/coverage
-	$(BIN)/coverage report --data-file=build/coverage/.coverage | tail -1
+	$(BIN)/coverage json -q -i --include='apnb/*' --data-file=build/coverage/.coverage -o build/coverage/coverage.json
+	$(BIN)/coverage report -i --include='apnb/*' --data-file=build/coverage/.coverage | tail -1
 
 clean:
 	rm -rf build

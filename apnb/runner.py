@@ -194,6 +194,20 @@ def run_notebook(nb: str | Path, profile: str = "demo", overrides: dict | None =
         return _run_locked(nb, profile, params, out_dir, force, log)
 
 
+def _current(nb: Path, out_dir: Path, stamp: str) -> bool:
+    stamp_file = out_dir / f"{nb.stem}.stamp"
+    return ((out_dir / nb.name).exists() and (out_dir / f"{nb.stem}.results.json").exists()
+            and stamp_file.exists() and stamp_file.read_text() == stamp)
+
+
+def is_current(nb: str | Path, profile: str = "demo", overrides: dict | None = None,
+               out_dir: Path | None = None) -> bool:
+    """Whether ``nb``'s run at ``profile`` is there and nothing it depends on changed since (what
+    :func:`run_notebook` skips)."""
+    nb = Path(nb) if Path(nb).is_absolute() else repo_root() / nb
+    return _current(nb, out_dir or runs_dir(profile), _stamp(nb, params_for(nb, profile, overrides)))
+
+
 def _run_locked(nb: Path, profile: str, params: dict, out_dir: Path, force: bool, log) -> Path:
     import papermill as pm
 
@@ -201,7 +215,7 @@ def _run_locked(nb: Path, profile: str, params: dict, out_dir: Path, force: bool
     rec = out_dir / f"{nb.stem}.results.json"
     stamp_file = out_dir / f"{nb.stem}.stamp"
     stamp = _stamp(nb, params)
-    if not force and out.exists() and rec.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
+    if not force and _current(nb, out_dir, stamp):
         log(f"apnb: {nb.name} [{profile}] unchanged, not re-run ({out})")
         return out
     log(f"apnb: running {nb.name} [{profile}] {json.dumps(params, default=str)[:200]}")

@@ -44,18 +44,56 @@ def readers() -> frozenset[str]:
                      if "run_records" in "\n".join(c.source for c in nbformat.read(nb, 4).cells if c.cell_type == "code"))
 
 
-def run_one(stem: str, profile: str) -> dict:
+def _idle(nb, profile) -> bool:
+    """No process holds ``nb``'s run lock at ``profile`` now."""
+    from filelock import FileLock, Timeout
+
+    from apnb import runner
+
+    lock = FileLock(str(runner.runs_dir(profile) / f".{nb.stem}.lock"), timeout=0)
+    try:
+        with lock:
+            return True
+    except Timeout:
+        return False
+
+
+def run_one(stem: str, profile: str, pool=None) -> dict:
     """One notebook of the toc executed at ``profile`` (skipped when unchanged; a reader's earlier chapters run
-    first), and its run record. ``runner.run_notebook`` holds a per-notebook lock, so two xdist workers asking
-    for the same notebook run it once, and the store's locks make networks they share train once."""
+    first), and its run record.
+
+    ``runner.run_notebook`` holds a per-notebook lock, so two xdist workers asking for one notebook run it
+    once, and the store's locks make the networks they share train once. While every notebook this one needs
+    is being run by the other worker, this worker runs another pending notebook of ``pool`` (default: the
+    toc) instead of waiting, so the two workers share the notebook runs."""
+    import time
+
     from apnb import records, runner
 
     order = runner.toc_notebooks()
     stems = [nb.stem for nb in order]
-    todo = order[:stems.index(stem) + 1] if stem in readers() else [order[stems.index(stem)]]
-    for nb in todo:
-        runner.run_notebook(nb, profile)
-    return records.load(runner.runs_dir(profile) / f"{stem}.results.json")
+    i = stems.index(stem)
+    need = order[:i + 1] if stem in readers() else [order[i]]
+    pool = [nb for nb in order if pool is None or nb.stem in pool]
+    runner.prepare_fixtures(profile)
+    (runner.runs_dir(profile)).mkdir(parents=True, exist_ok=True)
+
+    def ready(nb):  # a reader runs once every chapter before it is current
+        j = stems.index(nb.stem)
+        return nb.stem not in readers() or all(runner.is_current(p, profile) for p in order[:j])
+
+    while True:
+        pending = [nb for nb in need if not runner.is_current(nb, profile)]
+        if not pending:
+            return records.load(runner.runs_dir(profile) / f"{stem}.results.json")
+        mine = next((nb for nb in pending if _idle(nb, profile) and ready(nb)), None)
+        if mine is None:  # the other worker runs what this test needs: help with the rest meanwhile
+            mine = next((nb for nb in pool if nb not in need and not runner.is_current(nb, profile)
+                         and _idle(nb, profile) and ready(nb)), None)
+        if mine is None:
+            time.sleep(0.5)
+            continue
+        runner.run_notebook(mine, profile)
 
 
 @pytest.fixture(scope="session")
@@ -67,8 +105,22 @@ def smoke_runs():
 
 
 @pytest.fixture(scope="session")
-def smoke_book(smoke_runs):
-    """The smoke book built strictly (-W -n) from the smoke runs: the path of its index.html."""
+def smoke_book(smoke_runs, testrun_uid):
+    """The smoke book built strictly (-W -n) from the smoke runs, once per test session whatever the number of
+    xdist workers (the first builds it under a lock, the others find it built by this session): the path of
+    its index.html."""
+    from filelock import FileLock
+
     from apnb import runner
 
-    return runner.build_book("smoke", run=False)
+    stage = runner.repo_root() / "build" / "book-smoke"
+    built = stage.parent / ".book-smoke.session"
+    stage.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(stage.parent / ".book-smoke.lock")):
+        index = stage / "_build" / "html" / "index.html"
+        if built.exists() and built.read_text() == testrun_uid and index.exists():
+            return index
+        built.unlink(missing_ok=True)
+        index = runner.build_book("smoke", run=False)
+        built.write_text(testrun_uid)
+        return index

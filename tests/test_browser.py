@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-pytestmark = [pytest.mark.book, pytest.mark.xdist_group("book")]  # the worker that builds the book
+pytestmark = pytest.mark.book
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "test-artifacts"
 

@@ -89,7 +89,6 @@ def test_course_page_grades_the_solutions():
 
 
 @pytest.mark.book
-@pytest.mark.xdist_group("book")  # one worker builds the book and serves it to the browser test
 def test_smoke_book_builds_without_warnings(smoke_book):
     index = smoke_book
     assert index.exists()

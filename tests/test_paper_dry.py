@@ -74,7 +74,7 @@ def test_fixtures_have_the_real_layouts(tmp_path):
 @pytest.mark.notebooks
 @pytest.mark.parametrize("stem", sorted(PAPER_DRY))
 def test_notebook_runs_at_paper_dry(stem):
-    rec = run_one(stem, "paper-dry")
+    rec = run_one(stem, "paper-dry", PAPER_DRY)
     assert rec["profile"] == "paper-dry" and rec["rows"]
     executed = nbformat.read(runner.runs_dir("paper-dry") / f"{stem}.ipynb", 4)
     assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -96,7 +96,7 @@ def test_paper_dry_notebooks_are_in_the_toc():
 def test_paper_dry_teacher_is_the_paper_architecture():
     """The teacher of the VOC notebooks is full-width VGG16_bn with the authors' head (Dropout + Linear(25088,
     20)): torchvision's features + 0.5 M, trained by the paper's SGD schedule."""
-    rec = run_one("01_voc_distillation", "paper-dry")
+    rec = run_one("01_voc_distillation", "paper-dry", PAPER_DRY)
     rows = {r["metric"]: r["value"] for r in rec["rows"] if r["table"] == "teacher"}
     import torchvision
 
