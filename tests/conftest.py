@@ -108,7 +108,8 @@ def smoke_runs():
 def smoke_book(smoke_runs, testrun_uid):
     """The smoke book built strictly (-W -n) from the smoke runs, once per test session whatever the number of
     xdist workers (the first builds it under a lock, the others find it built by this session): the path of
-    its index.html."""
+    its index.html. Not ``--dist loadgroup``: with pytest 9 it no longer groups ``xdist_group`` tests
+    (pytest-dev/pytest-xdist issue 1386), so both workers may ask for the book."""
     from filelock import FileLock
 
     from apnb import runner
