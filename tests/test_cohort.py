@@ -1,5 +1,6 @@
 """Cohort training (:func:`apnb.engine.fit_cohort`, :func:`apnb.recipes.distill_many`): one batch and one
 teacher pass serve every member, and each member ends exactly as it would trained alone."""
+import functools
 import os
 import subprocess
 import sys
@@ -43,13 +44,18 @@ def _equal(a, b):
     return all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+@functools.lru_cache(maxsize=None)
+def _alone(kind):
+    """The student trained alone with ``kind``'s objective and CFG, trained once per process and shared by the
+    tests that compare a cohort member or a resumed run with it."""
+    m = _student()
+    fit(m, _obj(_teacher(), kind), _data(), TrainConfig(**CFG), progress=False)
+    return m
+
+
 def test_cohort_members_equal_their_runs_alone():
     teacher, data = _teacher(), _data()
-    alone = []
-    for k in KINDS:
-        m = _student()
-        fit(m, _obj(teacher, k), data, TrainConfig(**CFG), progress=False)
-        alone.append(m)
+    alone = [_alone(k) for k in KINDS]
     members = [Member(_student(), _obj(teacher, k), TrainConfig(**CFG), name=k) for k in KINDS]
     res = fit_cohort(members, data, progress=False)
     for k, a, m, r in zip(KINDS, alone, members, res):
@@ -93,9 +99,7 @@ def test_members_at_different_epochs_resume_to_the_same_networks(tmp_path):
     res = fit_cohort(members, data, progress=False)
     assert [r.resumed_from for r in res] == [0, 2]
     for k, m in zip(("none", "sswa"), members):
-        ref = _student()
-        fit(ref, _obj(teacher, k), data, TrainConfig(**CFG), progress=False)
-        assert _equal(ref, m.model), k
+        assert _equal(_alone(k), m.model), k
 
 
 KILL_SCRIPT = textwrap.dedent('''
@@ -131,10 +135,9 @@ def test_sigkill_mid_epoch_and_resume_equals_uninterrupted_cohort(tmp_path):
     resumed = [Member(_student(), _obj(teacher, k), TrainConfig(**CFG), tmp_path / f"{k}.ckpt", name=k) for k in kinds]
     res = fit_cohort(resumed, data, progress=False)
     assert [r.resumed_from for r in res] == [1, 1]
-    full = [Member(_student(), _obj(teacher, k), TrainConfig(**CFG), name=k) for k in kinds]
-    fit_cohort(full, data, progress=False)
-    for a, b in zip(resumed, full):
-        assert _equal(a.model, b.model), a.name
+    # the uninterrupted cohort's members are their runs alone (test_cohort_members_equal_their_runs_alone)
+    for a in resumed:
+        assert _equal(a.model, _alone(a.name)), a.name
 
 
 def test_distill_many_trains_cohorts_under_the_single_store_keys(tmp_path, synth_root):
