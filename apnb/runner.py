@@ -185,13 +185,18 @@ def run_notebook(nb: str | Path, profile: str = "demo", overrides: dict | None =
     prepare_fixtures(profile)  # before the checks, which look for the data the profile names
     params = params_for(nb, profile, overrides)
     out_dir = out_dir or runs_dir(profile)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # one run of a notebook at a time per runs folder: a second caller (another shell, a pytest-xdist worker)
-    # waits, then finds the finished run unchanged instead of sharing and emptying its partial record
+    with run_lock(nb, out_dir):
+        return _run_locked(nb, profile, params, out_dir, force, log)
+
+
+def run_lock(nb: str | Path, out_dir: Path):
+    """The OS lock held while ``nb`` runs into ``out_dir``: one run of a notebook at a time per runs folder, so
+    a second caller (another shell, a pytest-xdist worker) waits, then finds the finished run unchanged instead
+    of sharing and emptying its partial record."""
     from filelock import FileLock
 
-    with FileLock(str(out_dir / f".{nb.stem}.lock")):
-        return _run_locked(nb, profile, params, out_dir, force, log)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(out_dir / f".{Path(nb).stem}.lock"))
 
 
 def _current(nb: Path, out_dir: Path, stamp: str) -> bool:
@@ -200,12 +205,18 @@ def _current(nb: Path, out_dir: Path, stamp: str) -> bool:
             and stamp_file.exists() and stamp_file.read_text() == stamp)
 
 
-def is_current(nb: str | Path, profile: str = "demo", overrides: dict | None = None,
-               out_dir: Path | None = None) -> bool:
-    """Whether ``nb``'s run at ``profile`` is there and nothing it depends on changed since (what
-    :func:`run_notebook` skips)."""
+def run_stamp(nb: str | Path, profile: str = "demo", overrides: dict | None = None) -> str:
+    """The stamp a run of ``nb`` at ``profile`` records: its source, its parameters and the ``apnb`` sources."""
     nb = Path(nb) if Path(nb).is_absolute() else repo_root() / nb
-    return _current(nb, out_dir or runs_dir(profile), _stamp(nb, params_for(nb, profile, overrides)))
+    return _stamp(nb, params_for(nb, profile, overrides))
+
+
+def is_current(nb: str | Path, profile: str = "demo", overrides: dict | None = None,
+               out_dir: Path | None = None, stamp: str | None = None) -> bool:
+    """Whether ``nb``'s run at ``profile`` is there and nothing it depends on changed since (what
+    :func:`run_notebook` skips); ``stamp``, when given, is :func:`run_stamp`'s, computed once by the caller."""
+    nb = Path(nb) if Path(nb).is_absolute() else repo_root() / nb
+    return _current(nb, out_dir or runs_dir(profile), stamp or run_stamp(nb, profile, overrides))
 
 
 def _run_locked(nb: Path, profile: str, params: dict, out_dir: Path, force: bool, log) -> Path:

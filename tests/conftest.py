@@ -45,17 +45,32 @@ def readers() -> frozenset[str]:
 
 
 def _idle(nb, profile) -> bool:
-    """No process holds ``nb``'s run lock at ``profile`` now."""
-    from filelock import FileLock, Timeout
+    """No process holds ``nb``'s run lock (:func:`apnb.runner.run_lock`) at ``profile`` now."""
+    from filelock import Timeout
 
     from apnb import runner
 
-    lock = FileLock(str(runner.runs_dir(profile) / f".{nb.stem}.lock"), timeout=0)
+    lock = runner.run_lock(nb, runner.runs_dir(profile))
     try:
-        with lock:
-            return True
+        lock.acquire(timeout=0)
     except Timeout:
         return False
+    lock.release()
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _stamp(nb, profile) -> str:
+    """:func:`apnb.runner.run_stamp`, once per notebook and profile (nothing it hashes changes during a test run)."""
+    from apnb import runner
+
+    return runner.run_stamp(nb, profile)
+
+
+def _done(nb, profile) -> bool:
+    from apnb import runner
+
+    return runner.is_current(nb, profile, stamp=_stamp(nb, profile))
 
 
 def run_one(stem: str, profile: str, pool=None) -> dict:
@@ -76,19 +91,18 @@ def run_one(stem: str, profile: str, pool=None) -> dict:
     need = order[:i + 1] if stem in readers() else [order[i]]
     pool = [nb for nb in order if pool is None or nb.stem in pool]
     runner.prepare_fixtures(profile)
-    (runner.runs_dir(profile)).mkdir(parents=True, exist_ok=True)
 
     def ready(nb):  # a reader runs once every chapter before it is current
         j = stems.index(nb.stem)
-        return nb.stem not in readers() or all(runner.is_current(p, profile) for p in order[:j])
+        return nb.stem not in readers() or all(_done(p, profile) for p in order[:j])
 
     while True:
-        pending = [nb for nb in need if not runner.is_current(nb, profile)]
+        pending = [nb for nb in need if not _done(nb, profile)]
         if not pending:
             return records.load(runner.runs_dir(profile) / f"{stem}.results.json")
         mine = next((nb for nb in pending if _idle(nb, profile) and ready(nb)), None)
         if mine is None:  # the other worker runs what this test needs: help with the rest meanwhile
-            mine = next((nb for nb in pool if nb not in need and not runner.is_current(nb, profile)
+            mine = next((nb for nb in pool if nb not in need and not _done(nb, profile)
                          and _idle(nb, profile) and ready(nb)), None)
         if mine is None:
             time.sleep(0.5)
