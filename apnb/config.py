@@ -9,9 +9,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
-_DEVICE: torch.device | None = None
+_DEVICE = None  # torch.device, resolved once; torch itself is imported on first use (the parameter check does not)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -20,6 +18,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     Never call ``.cuda()`` elsewhere: pass the device returned here down.
     """
     global _DEVICE
+    import torch
+
     if isinstance(device, torch.device):
         return device
     if device != "auto":
@@ -54,15 +54,32 @@ def store_dir() -> Path:
     return resolve_path(os.environ.get("APNB_STORE", "build/store"))
 
 
+def umask() -> int:
+    """The process's file-creation mask (read without changing it where Linux shows it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path in the same folder; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path in the same folder; rename it onto ``path`` only if the block succeeds. The file
+    gets the mode a plain ``open`` would (``0666`` less the umask), not ``mkstemp``'s private ``0600``, so a
+    store or runs folder shared by a group stays readable to it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.exists(tmp):
+            os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -100,6 +117,8 @@ def _no_space_message(path: Path, err: BaseException) -> str | None:
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` through :func:`atomic_path`; a full disk becomes one :class:`DiskFullError` line."""
+    import torch
+
     path = Path(path)
     try:
         with atomic_path(path) as tmp:

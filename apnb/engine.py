@@ -40,33 +40,7 @@ from . import records
 from .config import atomic_torch_save, config_key, resolve_device
 from .matching import AttributionMatching
 from .models import ModelError
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    optimizer: str = "sgd"  # sgd (the paper) | adamw (CPU demo profiles: converges in fewer steps)
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "multistep"  # multistep | cosine | onecycle | constant
-    milestones: tuple = ()
-    gamma: float = 0.1
-    batch_size: int = 64
-    seed: int = 0
-    num_workers: int = 0
-    amp: bool = True
-    clip_grad: float | None = None
-
-    def __post_init__(self):
-        self.milestones = tuple(self.milestones)
-        if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
-            raise ValueError(f"epochs={self.epochs}, lr={self.lr}, batch_size={self.batch_size}: need epochs >= 0, "
-                             f"lr > 0 and batch_size >= 1")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer={self.optimizer!r}: use sgd or adamw")
-        if self.schedule not in ("multistep", "cosine", "onecycle", "constant"):
-            raise ValueError(f"schedule={self.schedule!r}: use multistep, cosine, onecycle or constant")
+from .specs import TrainConfig  # noqa: F401  (torch-free, for the parameter check)
 
 
 # ------------------------------------------------------------------ objectives

@@ -17,37 +17,13 @@ threshold (:class:`PremiseError`). Thresholds come from the profile (the ``guard
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
+
+from .specs import Guards  # noqa: F401  (torch-free, for the parameter check)
 
 
 class PremiseError(RuntimeError):
     """A trained network does not reach what the steps built on it assume."""
-
-
-@dataclass
-class Guards:
-    plateau: float | None = 0.8
-    teacher_map: float | None = None
-    teacher_map_nocue: float | None = None
-    student_over_chance: float | None = 0.05
-
-    def __post_init__(self):
-        for k, v in asdict(self).items():
-            if v is not None and not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"guards.{k}={v}: must be in [0, 1] or null (off)")
-
-    @classmethod
-    def of(cls, g: "Guards | dict | None") -> "Guards":
-        if isinstance(g, Guards):
-            return g
-        if g is None:
-            return cls(None, None, None, None)
-        unknown = sorted(set(g) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"guards: unknown keys {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**g)
 
 
 def plateau_ratio(history: list[dict], phase: str | None = None) -> float:

@@ -35,17 +35,13 @@ on the student, needs equal channel counts) or ``independent`` (a separate draw 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .gradcam import Tap, frozen, target_scores, weighted_maps
 from .models import ModelError, layer_alias
-
-KINDS = ("none", "ewa", "swa", "sswa", "sswa_coded", "grad_at", "e2kd")
-DEFAULT_BETA = {"none": 0.0, "ewa": 100.0, "swa": 50.0, "sswa": 50.0, "sswa_coded": 50.0, "grad_at": 50.0, "e2kd": 1.0}
+from .specs import DEFAULT_BETA, KINDS, MatchingConfig  # noqa: F401  (torch-free, for the parameter check)
 
 
 def squared_normalized_l2(ms: torch.Tensor, mt: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -66,42 +62,6 @@ def cosine_distance(ms: torch.Tensor, mt: torch.Tensor, size: tuple[int, int] | 
     return (1 - F.cosine_similarity(ms.flatten(1), mt.flatten(1), dim=1, eps=1e-12)).mean()
 
 
-@dataclass
-class MatchingConfig:
-    kind: str = "none"
-    beta: float | None = None
-    layers: tuple = ("last_conv",)
-    p: float = 0.3
-    topk: int = 1
-    relu: bool = True
-    center_logits: bool = False
-    per_neuron: bool = False
-    mask: str = "teacher"
-    reduction: str = "mean"
-
-    def __post_init__(self):
-        if isinstance(self.layers, str):
-            self.layers = (self.layers,)
-        self.layers = tuple(self.layers)
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown matching kind {self.kind!r}: use one of {', '.join(KINDS)}")
-        if self.beta is None:
-            self.beta = DEFAULT_BETA[self.kind]
-        if not self.beta >= 0:
-            raise ValueError(f"beta={self.beta}: the regularizer weight must be >= 0")
-        if not 0.0 <= self.p < 1.0:
-            raise ValueError(f"p={self.p}: the SSWA drop probability must be in [0, 1)")
-        if self.topk < 1:
-            raise ValueError(f"topk={self.topk}: match at least the top-1 class")
-        if self.mask not in ("teacher", "both", "independent"):
-            raise ValueError(f"mask={self.mask!r}: use teacher, both or independent")
-        if self.reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction={self.reduction!r}: use mean (authors' scale) or sum")
-        if not self.layers:
-            raise ValueError("layers is empty: name at least one layer, e.g. last_conv")
-
-    def to_dict(self):
-        return asdict(self)
 
 
 class AttributionMatching:

@@ -49,15 +49,19 @@ def log(table: str, rows: Iterable[dict], path: str | os.PathLike | None = None)
     atomic_write_text(p, json.dumps(rec, indent=1))
 
 
-def tally(counter: str) -> None:
+def tally(counter: str, entry: str | None = None) -> None:
     """Count one event in the record's ``store`` header (``trained``, ``loaded``: networks of the checkpoint
-    store), for the book's execution page. Only inside ``apnb run`` (``$APNB_RECORD`` set); else nothing."""
+    store), for the book's execution page, and list the store ``entry`` it concerns under ``store.entries``
+    (a run whose networks are gone from the store is stale: :func:`apnb.runner.is_current`). Only inside
+    ``apnb run`` (``$APNB_RECORD`` set); else nothing."""
     if ENV not in os.environ or os.environ.get("RANK", "0") != "0":  # one writer under torchrun
         return
     p = record_path()
     rec = load(p)
     store = rec.setdefault("store", {})
     store[counter] = store.get(counter, 0) + 1
+    if entry is not None and entry not in store.setdefault("entries", []):
+        store["entries"].append(entry)
     atomic_write_text(p, json.dumps(rec, indent=1))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,10 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from . import records
-from .data import fixtures
+from . import literals, records
 from .validate import ParameterError, check
-from .config import atomic_path, atomic_write_text, project_root
+from .config import atomic_path, atomic_write_text, project_root, store_dir
 
 
 class RunError(RuntimeError):
@@ -57,25 +57,51 @@ def toc_notebooks(root: Path | None = None) -> list[Path]:
     return found
 
 
-def load_profile(name: str, root: Path | None = None) -> dict:
+def load_profile(name: str, root: Path | None = None, _chain: tuple = ()) -> dict:
+    """``profiles/<name>.yml`` read as plain data (:mod:`apnb.literals`), its ``extends`` chain merged; every
+    defect (a syntax error, a tag, a misplaced key, a cycle) is one :class:`RunError` line naming the file."""
     root = root or repo_root()
+    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name)):
+        raise RunError(f"profile name {name!r} is not a plain name (letters, digits, - and _): give the name of a "
+                       f"file profiles/<name>.yml, e.g. demo")
     p = root / "profiles" / f"{name}.yml"
+    where = f"profiles/{name}.yml"
+    if name in _chain:
+        raise RunError(f"{where}: extends forms a cycle ({' -> '.join(_chain + (name,))}): extend a profile that "
+                       f"does not extend this one")
     if not p.exists():
         avail = sorted(q.stem for q in (root / "profiles").glob("*.yml"))
         raise RunError(f"profile {name!r} not found at {p}: available profiles are {', '.join(avail)}")
-    prof = yaml.safe_load(p.read_text()) or {}
+    try:
+        prof = literals.load(p.read_text(), where) or {}
+    except literals.PlainDataError as e:
+        raise RunError(str(e)) from None
+    if not isinstance(prof, dict):
+        raise RunError(f"{where}: must be a mapping of defaults, notebooks, extends and fixtures, not a "
+                       f"{type(prof).__name__}")
     unknown = sorted(set(prof) - {"defaults", "notebooks", "extends", "fixtures"})
     if unknown:
-        raise RunError(f"profiles/{name}.yml: unknown top-level keys {unknown} (allowed: defaults, notebooks, "
+        raise RunError(f"{where}: unknown top-level keys {unknown} (allowed: defaults, notebooks, "
                        f"extends, fixtures)")
-    prof.setdefault("defaults", {})
-    prof.setdefault("notebooks", {})
-    prof["defaults"] = prof["defaults"] or {}
-    prof["notebooks"] = prof["notebooks"] or {}
+    prof["defaults"] = prof.get("defaults") or {}
+    prof["notebooks"] = prof.get("notebooks") or {}
+    if not isinstance(prof["defaults"], dict):
+        raise RunError(f"{where}: defaults must be a mapping of parameter: value, not a "
+                       f"{type(prof['defaults']).__name__}")
+    if not isinstance(prof["notebooks"], dict):
+        raise RunError(f"{where}: notebooks must be a mapping of <notebook stem>: {{parameter: value}}, not a "
+                       f"{type(prof['notebooks']).__name__}")
+    for stem, own in prof["notebooks"].items():
+        if own is not None and not isinstance(own, dict):
+            raise RunError(f"{where}: notebooks.{stem} must be a mapping of parameter: value, not a "
+                           f"{type(own).__name__}")
+    for key in ("extends", "fixtures"):
+        if prof.get(key) is not None and not isinstance(prof[key], str):
+            raise RunError(f"{where}: {key} must be a name (a string), not {prof[key]!r}")
     if prof.get("extends"):
         # a profile may restate only what differs from another: its values replace the base's, key by key
         # (a mapping value such as teacher_train is replaced whole, never merged field by field)
-        base = load_profile(prof["extends"], root)
+        base = load_profile(prof["extends"], root, _chain + (name,))
         prof["defaults"] = {**base["defaults"], **prof["defaults"]}
         nbs = {}
         for stem in {**base["notebooks"], **prof["notebooks"]}:
@@ -91,6 +117,8 @@ def prepare_fixtures(profile: str) -> Path | None:
     f = load_profile(profile).get("fixtures")
     if not f:
         return None
+    from .data import fixtures
+
     return fixtures.write_all(repo_root() / f)
 
 
@@ -126,18 +154,24 @@ def params_for(nb: Path, profile: str, overrides: dict | None = None) -> dict:
     params.update(own)
     params.update(whole)
     for f, v in fields.items():
-        name, field = f.split(".", 1)
-        base = params.get(name, declared[name])
-        if not isinstance(base, dict):
-            raise RunError(f"{nb.name}: -p {f}: parameter {name} is not a mapping; give it whole (-p {name} VALUE)")
-        params[name] = {**base, field: v}
+        name, *path = f.split(".")
+        params[name] = _set_path(params.get(name, declared[name]), path, v, nb.name, f, name)
     if "profile" in declared:
         params["profile"] = profile
     try:
-        check(nb.name, {**declared, **params})
+        check(nb.name, {**declared, **params}, declared)
     except ParameterError as e:
         raise RunError(str(e)) from None
     return params
+
+
+def _set_path(base, path: list[str], value, notebook: str, key: str, at: str):
+    """``base`` (a mapping) with the field at ``path`` (any depth) replaced by ``value``; copies, never edits."""
+    if not isinstance(base, dict):
+        raise RunError(f"{notebook}: -p {key}: parameter {at} is not a mapping; give it whole (-p {at} VALUE)")
+    if len(path) == 1:
+        return {**base, path[0]: value}
+    return {**base, path[0]: _set_path(base.get(path[0], {}), path[1:], value, notebook, key, f"{at}.{path[0]}")}
 
 
 def source_hash(root: Path | None = None) -> str:
@@ -174,37 +208,88 @@ def run_records(profile: str, stems) -> dict[str, dict]:
     return out
 
 
+def output_dir(profile: str, overrides: dict | None = None) -> Path:
+    """Where a run writes: ``build/runs/<profile>``, or for a run with ``-p`` overrides a folder of its own
+    beside the profile's records, ``build/runs/<profile>/overrides-<hash>`` (its ``overrides.json`` says
+    which), so that a one-off variation never replaces the record the book reads."""
+    if not overrides:
+        return runs_dir(profile)
+    key = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:12]
+    d = runs_dir(profile) / f"overrides-{key}"
+    if not (d / "overrides.json").exists():
+        atomic_write_text(d / "overrides.json", json.dumps(overrides, indent=1, sort_keys=True) + "\n")
+    return d
+
+
 def run_notebook(nb: str | Path, profile: str = "demo", overrides: dict | None = None, force: bool = False,
                  out_dir: Path | None = None, log=print) -> Path:
-    """Execute one notebook at ``profile`` into the runs folder; skip it when nothing it depends on changed."""
+    """Execute one notebook at ``profile`` into the runs folder (:func:`output_dir`); skip it when nothing it
+    depends on changed."""
     nb = Path(nb)
     if not nb.is_absolute():
         nb = (Path.cwd() / nb) if (Path.cwd() / nb).exists() else repo_root() / nb
     if not nb.exists():
         raise RunError(f"notebook {nb} does not exist: see `apnb run --list`")
-    prepare_fixtures(profile)  # before the checks, which look for the data the profile names
+    prepare_fixtures(profile)  # before the checks of the data the profile names
     params = params_for(nb, profile, overrides)
-    out_dir = out_dir or runs_dir(profile)
+    out_dir = out_dir or output_dir(profile, overrides)
     with run_lock(nb, out_dir):
         return _run_locked(nb, profile, params, out_dir, force, log)
 
 
 def run_lock(nb: str | Path, out_dir: Path):
     """The OS lock held while ``nb`` runs into ``out_dir``: one run of a notebook at a time per runs folder, so
-    a second caller (another shell, a pytest-xdist worker) waits, then finds the finished run unchanged instead
-    of sharing and emptying its partial record."""
+    a second caller (another shell, a pytest-xdist worker, a batch job) waits, then finds the finished run
+    unchanged instead of sharing its record."""
     from filelock import FileLock
 
     out_dir.mkdir(parents=True, exist_ok=True)
     return FileLock(str(out_dir / f".{Path(nb).stem}.lock"))
 
 
+def _data_paths(params: dict) -> list[str]:
+    """The data a run reads, as named by its parameters: ``benchmark.root`` and ``benchmark.gtsegs``, and
+    every ``*_root`` parameter."""
+    bench = params.get("benchmark") if isinstance(params.get("benchmark"), dict) else {}
+    out = [bench.get("root"), bench.get("gtsegs")]
+    out += [v for k, v in params.items() if k.endswith("_root")]
+    return sorted({v for v in out if isinstance(v, str) and v})
+
+
+def data_identity(params: dict) -> dict:
+    """``{path: identity}`` of the data a run reads: the generator's or fixtures' stamp file when there is one
+    (``apnb_synth.json``, ``apnb_fixtures.json``), ``present`` for real data, ``missing`` when absent."""
+    out = {}
+    for d in _data_paths(params):
+        p = (project_root() / d) if not Path(d).is_absolute() else Path(d)
+        stamps = [p / "apnb_synth.json", p / "apnb_fixtures.json", p.parent / "apnb_fixtures.json"]
+        found = next((q for q in stamps if q.is_file()), None)
+        out[d] = (hashlib.sha256(found.read_bytes()).hexdigest()[:16] if found else
+                  "present" if p.exists() else "missing")
+    return out
+
+
+def _inputs_present(rec_path: Path) -> bool:
+    """Whether what a finished run read is still there: the store entries its record lists, under the store
+    this process uses, and its data with the same identity."""
+    try:
+        rec = json.loads(rec_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not rec.get("rows") and not rec.get("parameters"):
+        return False  # an empty record is never current
+    root = store_dir() / "checkpoints"
+    if any(not (root / e / "final.pt").exists() for e in rec.get("store", {}).get("entries", [])):
+        return False
+    data = rec.get("data")
+    return data is None or data == data_identity(rec.get("parameters") or {})
+
+
 def _current(nb: Path, out_dir: Path, stamp: str) -> bool:
     stamp_file = out_dir / f"{nb.stem}.stamp"
-    return ((out_dir / nb.name).exists() and (out_dir / f"{nb.stem}.results.json").exists()
-            and stamp_file.exists() and stamp_file.read_text() == stamp)
-
-
+    rec = out_dir / f"{nb.stem}.results.json"
+    return ((out_dir / nb.name).exists() and rec.exists() and stamp_file.exists()
+            and stamp_file.read_text() == stamp and _inputs_present(rec))
 def run_stamp(nb: str | Path, profile: str = "demo", overrides: dict | None = None) -> str:
     """The stamp a run of ``nb`` at ``profile`` records: its source, its parameters and the ``apnb`` sources."""
     nb = Path(nb) if Path(nb).is_absolute() else repo_root() / nb
@@ -216,7 +301,55 @@ def is_current(nb: str | Path, profile: str = "demo", overrides: dict | None = N
     """Whether ``nb``'s run at ``profile`` is there and nothing it depends on changed since (what
     :func:`run_notebook` skips); ``stamp``, when given, is :func:`run_stamp`'s, computed once by the caller."""
     nb = Path(nb) if Path(nb).is_absolute() else repo_root() / nb
-    return _current(nb, out_dir or runs_dir(profile), stamp or run_stamp(nb, profile, overrides))
+    return _current(nb, out_dir or output_dir(profile, overrides), stamp or run_stamp(nb, profile, overrides))
+
+
+def _tidy(nb: Path, out_dir: Path) -> None:
+    """Remove what an interrupted run of ``nb`` left in ``out_dir`` (a killed run cannot clean up after
+    itself): its partial records and temporary notebooks. Called under :func:`run_lock`, so none is live."""
+    for pattern in (f".{nb.stem}.*.results.partial.json", f".{nb.stem}.results.partial.json",
+                    f".{nb.stem}.*.tmp.ipynb"):
+        for leftover in out_dir.glob(pattern):
+            leftover.unlink(missing_ok=True)
+
+
+def _ipc_kernel_manager():
+    """The kernel manager papermill starts kernels with: IPC sockets (files in Jupyter's runtime folder, for
+    this user only) instead of TCP on localhost, where ipykernel warns that the traffic is unencrypted."""
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import CaselessStrEnum, default
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _unique_ipc_path(self):
+            # jupyter_client's default, ``kernel-ipc`` in the working folder, is shared by concurrent kernels
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(parents=True, exist_ok=True)
+            return str(runtime / f"apnb-{os.getpid()}-{os.urandom(4).hex()}-ipc")
+
+    return IPCKernelManager
+
+
+def parameterized(nb: Path, params: dict):
+    """``nb`` with an ``injected-parameters`` cell after its ``parameters`` cell, written by
+    :func:`apnb.literals.parameters_cell` (plain literals that read back to ``params``): papermill's own
+    translator is never used, so no value can become code."""
+    import nbformat
+    import papermill as pm
+
+    node = nbformat.read(str(nb), as_version=4)
+    cell = nbformat.v4.new_code_cell(literals.parameters_cell(params))
+    cell.metadata["tags"] = ["injected-parameters"]
+    at = next((i for i, c in enumerate(node.cells) if "parameters" in c.metadata.get("tags", [])), None)
+    if at is None:
+        raise RunError(f"{nb} has no cell tagged 'parameters': add one holding the notebook's literals")
+    node.cells.insert(at + 1, cell)
+    node.metadata["papermill"] = {"default_parameters": {}, "parameters": params, "environment_variables": {},
+                                  "version": pm.__version__}
+    return node
 
 
 def _run_locked(nb: Path, profile: str, params: dict, out_dir: Path, force: bool, log) -> Path:
@@ -229,18 +362,20 @@ def _run_locked(nb: Path, profile: str, params: dict, out_dir: Path, force: bool
     if not force and _current(nb, out_dir, stamp):
         log(f"apnb: {nb.name} [{profile}] unchanged, not re-run ({out})")
         return out
+    _tidy(nb, out_dir)
+    source = parameterized(nb, params)
     log(f"apnb: running {nb.name} [{profile}] {json.dumps(params, default=str)[:200]}")
-    tmp_rec = out_dir / f".{nb.stem}.results.partial.json"
-    if tmp_rec.exists():
-        tmp_rec.unlink()
+    # this run's own partial record: rows go there, and it replaces the record only once the run succeeded
+    tmp_rec = out_dir / f".{nb.stem}.{os.getpid()}-{os.urandom(4).hex()}.results.partial.json"
     env_before = os.environ.get(records.ENV)
     os.environ[records.ENV] = str(tmp_rec)
     t0 = time.time()
     try:
         with atomic_path(out) as tmp_nb:
             try:
-                pm.execute_notebook(str(nb), str(tmp_nb), parameters=params, kernel_name="python3",
-                                    cwd=str(repo_root()), progress_bar=False, request_save_on_cell_execute=False)
+                pm.execute_notebook(source, str(tmp_nb), kernel_name="python3", cwd=str(repo_root()),
+                                    progress_bar=False, request_save_on_cell_execute=False,
+                                    kernel_manager_class=_ipc_kernel_manager())
             except pm.PapermillExecutionError as e:
                 failed = out_dir / f"{nb.stem}.failed.ipynb"
                 shutil.copy2(tmp_nb, failed)
@@ -251,9 +386,11 @@ def _run_locked(nb: Path, profile: str, params: dict, out_dir: Path, force: bool
             records.finalize(tmp_rec, notebook=nb.name, profile=profile, parameters=effective, overrides=params,
                              seed=effective.get("seed", effective.get("seeds")), commit=records.git_commit(repo_root()),
                              wall_time_s=round(wall, 1), python=sys.version.split()[0],
-                             finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                             finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             data=data_identity(effective))
             os.replace(tmp_rec, rec)
     finally:
+        tmp_rec.unlink(missing_ok=True)
         if env_before is None:
             os.environ.pop(records.ENV, None)
         else:
@@ -347,17 +484,6 @@ def build_book(profile: str = "demo", run: bool = True, force: bool = False) -> 
     return index
 
 
-def _literal(v) -> str:
-    """A Python literal in the notebooks' style (double quotes)."""
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_literal(k)}: {_literal(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_literal(x) for x in v) + "]"
-    if isinstance(v, str):
-        return json.dumps(v)
-    return repr(v)
-
-
 def sync_parameter_cells(profile: str = "demo", notebooks: list[Path] | None = None) -> list[Path]:
     """Rewrite each notebook's ``parameters`` cell so that its literals are the ``profile``'s values: the
     profile is the one source, and a notebook opened by hand runs the demo setting. Returns the changed
@@ -374,7 +500,7 @@ def sync_parameter_cells(profile: str = "demo", notebooks: list[Path] | None = N
             lines = []
             for line in cell.source.splitlines():
                 name = line.split("=", 1)[0].strip() if "=" in line else None
-                lines.append(f"{name} = {_literal(params[name])}" if name in params else line)
+                lines.append(f"{name} = {literals.literal(params[name])}" if name in params else line)
             src = "\n".join(lines)
             if src != cell.source:
                 cell.source = src

@@ -8,14 +8,13 @@ copied here: each value is handed to the class the library builds from it (:clas
 """
 from __future__ import annotations
 
-import inspect
+import glob
+import math
+import os
 
-from . import models as M
 from .config import resolve_path
 from .data.synthetic import SynthConfig
-from .engine import TrainConfig
-from .guards import Guards
-from .matching import MatchingConfig
+from .specs import ARCH_OPTIONS, ATTRIBUTION_METHODS, COMPRESSION_METHODS, Guards, MatchingConfig, TrainConfig
 
 
 class ParameterError(ValueError):
@@ -36,10 +35,9 @@ def _train(v):
 def _spec(v):
     if not isinstance(v, dict) or "arch" not in v:
         raise ValueError("must be a mapping with arch (vgg16_bn, vgg11_bn, resnet34, preact_resnet18) and its options")
-    fn = {"resnet34": M.resnet34, "preact_resnet18": M.PreActResNet}.get(v["arch"], M.vgg)
-    if v["arch"] not in M.VGG_CFG and v["arch"] not in ("resnet34", "preact_resnet18"):
-        raise ValueError(f"unknown arch {v['arch']!r}")
-    allowed = set(inspect.signature(fn).parameters) - {"arch"}
+    if v["arch"] not in ARCH_OPTIONS:
+        raise ValueError(f"unknown arch {v['arch']!r} (use one of {', '.join(ARCH_OPTIONS)})")
+    allowed = set(ARCH_OPTIONS[v["arch"]])
     unknown = sorted(set(v) - allowed - {"arch"})
     if unknown:
         raise ValueError(f"unknown options {unknown} for {v['arch']} (allowed: {sorted(allowed)})")
@@ -107,9 +105,34 @@ def _pos_int(v):
         raise ValueError("must be an integer >= 1")
 
 
+def cuda_present() -> bool:
+    """Whether this machine shows a CUDA (or ROCm) device, read from ``/dev`` and ``CUDA_VISIBLE_DEVICES``
+    without importing torch; :func:`apnb.config.resolve_device` asks torch itself later."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
+
+
 def _device(v):
     if not (v == "auto" or str(v).split(":")[0] in ("cpu", "cuda", "mps")):
         raise ValueError("must be auto, cpu or cuda[:N]")
+    if str(v).startswith("cuda") and not cuda_present():
+        raise ValueError("this machine has no CUDA device (no /dev/nvidia*): use auto or cpu")
+
+
+def _methods_in(registry: tuple[str, ...], what: str):
+    def rule(v):
+        if not (isinstance(v, list) and v and all(isinstance(m, str) for m in v)):
+            raise ValueError(f"must be a non-empty list of {what} ({', '.join(registry)})")
+        bad = [m for m in v if m not in registry]
+        if bad:
+            raise ValueError(f"unknown {what} {bad}: use {', '.join(registry)}")
+    return rule
+
+
+_COMPRESSION = _methods_in(COMPRESSION_METHODS, "compression methods")
+_ATTRIBUTION = _methods_in(ATTRIBUTION_METHODS, "attribution methods")
 
 
 def _divs(v):
@@ -165,6 +188,8 @@ def _unit(v):
 
 RULES = {
     "betas": _betas, "ps": _ps,
+    "structured_methods": _COMPRESSION, "qat_methods": _COMPRESSION, "attr_methods": _ATTRIBUTION,
+    "lpi_methods": _ATTRIBUTION,
     "seeds": _seeds, "sweep_seeds": _seeds, "gradat_seeds": _seeds, "design_seeds": _seeds, "ptq_seeds": _seeds,
     "qat_seeds": _seeds, "fractions": _fractions, "ratios": _fractions,
     "image_size": _pos_int, "student_divs": _divs, "roar_div": _pos_int, "device": _device,
@@ -187,7 +212,10 @@ RULES = {
 _TEACHER = _recipe({"spec": _spec, "pretrained": _bool, "pretrain": _train, "train": _train}, ("spec", "train"))
 
 
-def _rule(name: str):
+def _rule(name: str, default=None):
+    if name == "methods":  # a chapter's compression methods, or (23) its attribution methods: as its default
+        attribution = isinstance(default, list) and default and all(m in ATTRIBUTION_METHODS for m in default)
+        return _ATTRIBUTION if attribution else _COMPRESSION
     if name in RULES:
         return RULES[name]
     if name.endswith("_recipe"):
@@ -199,10 +227,28 @@ def _rule(name: str):
     return None
 
 
-def check(notebook: str, params: dict) -> None:
-    """Validate ``params`` of ``notebook``; raise :class:`ParameterError` (one line) on the first bad value."""
+def _non_finite(value, where: str):
+    """The first non-finite float inside ``value`` (nested mappings and lists), as ``(path, value)``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, x in items:
+        hit = _non_finite(x, f"{where}.{k}" if isinstance(value, dict) else f"{where}[{k}]")
+        if hit:
+            return hit
+    return None
+
+
+def check(notebook: str, params: dict, declared: dict | None = None) -> None:
+    """Validate ``params`` of ``notebook`` (``declared``: the defaults of its parameters cell); raise
+    :class:`ParameterError` (one line) on the first bad value."""
+    declared = declared or {}
     for name, value in params.items():
-        rule = _rule(name)
+        hit = _non_finite(value, name)
+        if hit:
+            raise ParameterError(f"{notebook}: parameter {hit[0]} = {hit[1]} is not a finite number: give a finite "
+                                 f"value")
+        rule = _rule(name, declared.get(name))
         if rule is None:
             continue
         try:

@@ -31,7 +31,6 @@ import numpy as np
 from PIL import Image
 
 from . import synthetic
-from .voc import VOC_CLASSES
 
 VERSION = 2
 
@@ -44,6 +43,8 @@ def write_voc_fixture(out: str | Path, n_classes: int = 6, n_train: int = 8, n_v
     root = synthetic.write_voc(tmp, classes=n_classes, n_train=n_train, n_val=n_val, n_seg=n_val, n_pretrain=0,
                                size=size, seed=seed)
     names = (root / "apnb_classes.txt").read_text().split()
+    from .voc import VOC_CLASSES  # torch: only when the fixture is written
+
     rename = dict(zip(names, VOC_CLASSES))
     for xml in (root / "Annotations").glob("*.xml"):
         xml.write_text(re.sub(r"<name>(\w+)</name>", lambda m: f"<name>{rename.get(m[1], m[1])}</name>",

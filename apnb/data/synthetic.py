@@ -373,11 +373,14 @@ def _render_voc(root: Path, cfg: SynthConfig) -> None:
     (root / "apnb_synth.json").write_text(json.dumps(asdict(cfg), indent=1, sort_keys=True) + "\n")
 
 
-def cue_regions(root: str | Path, split: str = "val", n: int | None = None) -> np.ndarray:
+def cue_regions(root: "str | Path | SynthConfig", split: str = "val", n: int | None = None) -> np.ndarray:
     """Boolean [N,S,S] masks of where each image of a synthetic split shows its cue (the union of its shown
     cue boxes; all False where no cue is shown), replayed from the generator's parameters in
-    ``apnb_synth.json``: nothing is stored, and the boxes are exactly those the renderer drew. The replay is
-    cached per (parameters, split, n): a chapter that scores many networks renders the boxes once. Read-only."""
+    ``apnb_synth.json`` under ``root`` (or from a :class:`SynthConfig` itself): nothing is stored, and the
+    boxes are exactly those the renderer drew. The replay is cached per (parameters, split, n): a chapter that
+    scores many networks renders the boxes once. Read-only."""
+    if isinstance(root, SynthConfig):
+        return _cue_regions(json.dumps(asdict(root), sort_keys=True), split, n)
     stamp = Path(root) / "apnb_synth.json"
     if not stamp.exists():
         raise FileNotFoundError(f"{root} has no apnb_synth.json: cue regions exist only for the synthetic benchmark")

@@ -1,0 +1,131 @@
+"""The library's configuration dataclasses and the names of what it can build, without torch.
+
+A notebook's parameters are checked (:mod:`apnb.validate`) before its kernel starts, and that check must
+answer in well under two seconds: it may not import torch or torchvision (about 7 s on a laptop CPU). So
+the classes the check hands each value to live here, and the modules that use them re-export them:
+:class:`TrainConfig` (:mod:`apnb.engine`), :class:`MatchingConfig` with the kinds of Eq. (1)-(6)
+(:mod:`apnb.matching`), :class:`Guards` (:mod:`apnb.guards`). The architecture options and the method
+names below are the ones :mod:`apnb.models`, :mod:`apnb.recipes` and :mod:`apnb.attribution` accept;
+``tests/test_validate.py`` checks that they agree.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+# ------------------------------------------------------------------ training (apnb.engine)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    optimizer: str = "sgd"  # sgd (the paper) | adamw (CPU demo profiles: converges in fewer steps)
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "multistep"  # multistep | cosine | onecycle | constant
+    milestones: tuple = ()
+    gamma: float = 0.1
+    batch_size: int = 64
+    seed: int = 0
+    num_workers: int = 0
+    amp: bool = True
+    clip_grad: float | None = None
+
+    def __post_init__(self):
+        self.milestones = tuple(self.milestones)
+        if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ValueError(f"epochs={self.epochs}, lr={self.lr}, batch_size={self.batch_size}: need epochs >= 0, "
+                             f"lr > 0 and batch_size >= 1")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer={self.optimizer!r}: use sgd or adamw")
+        if self.schedule not in ("multistep", "cosine", "onecycle", "constant"):
+            raise ValueError(f"schedule={self.schedule!r}: use multistep, cosine, onecycle or constant")
+
+
+# ------------------------------------------------------------------ attribution matching (apnb.matching)
+
+KINDS = ("none", "ewa", "swa", "sswa", "sswa_coded", "grad_at", "e2kd")
+DEFAULT_BETA = {"none": 0.0, "ewa": 100.0, "swa": 50.0, "sswa": 50.0, "sswa_coded": 50.0, "grad_at": 50.0, "e2kd": 1.0}
+
+
+@dataclass
+class MatchingConfig:
+    kind: str = "none"
+    beta: float | None = None
+    layers: tuple = ("last_conv",)
+    p: float = 0.3
+    topk: int = 1
+    relu: bool = True
+    center_logits: bool = False
+    per_neuron: bool = False
+    mask: str = "teacher"
+    reduction: str = "mean"
+
+    def __post_init__(self):
+        if isinstance(self.layers, str):
+            self.layers = (self.layers,)
+        self.layers = tuple(self.layers)
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown matching kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if self.beta is None:
+            self.beta = DEFAULT_BETA[self.kind]
+        if not self.beta >= 0:
+            raise ValueError(f"beta={self.beta}: the regularizer weight must be >= 0")
+        if not 0.0 <= self.p < 1.0:
+            raise ValueError(f"p={self.p}: the SSWA drop probability must be in [0, 1)")
+        if self.topk < 1:
+            raise ValueError(f"topk={self.topk}: match at least the top-1 class")
+        if self.mask not in ("teacher", "both", "independent"):
+            raise ValueError(f"mask={self.mask!r}: use teacher, both or independent")
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction={self.reduction!r}: use mean (authors' scale) or sum")
+        if not self.layers:
+            raise ValueError("layers is empty: name at least one layer, e.g. last_conv")
+
+    def to_dict(self):
+        return asdict(self)
+
+
+# a compression method of a chapter (``methods``, ``structured_methods``, ``qat_methods``): ``naive`` (no
+# matching term) or a matching kind (apnb.recipes.matching_for)
+COMPRESSION_METHODS = ("naive",) + tuple(k for k in KINDS if k != "none")
+
+# ------------------------------------------------------------------ premise guards (apnb.guards)
+
+
+@dataclass
+class Guards:
+    plateau: float | None = 0.8
+    teacher_map: float | None = None
+    teacher_map_nocue: float | None = None
+    student_over_chance: float | None = 0.05
+
+    def __post_init__(self):
+        for k, v in asdict(self).items():
+            if v is not None and not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"guards.{k}={v}: must be in [0, 1] or null (off)")
+
+    @classmethod
+    def of(cls, g: "Guards | dict | None") -> "Guards":
+        if isinstance(g, Guards):
+            return g
+        if g is None:
+            return cls(None, None, None, None)
+        unknown = sorted(set(g) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"guards: unknown keys {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**g)
+
+
+# ------------------------------------------------------------------ networks and attributions
+
+# the options of each architecture's builder in apnb.models (vgg, resnet34, PreActResNet), ``arch`` aside
+ARCH_OPTIONS = {
+    "vgg16_bn": ("num_classes", "width_div", "n_pools", "head_pool", "dropout", "head"),
+    "vgg11_bn": ("num_classes", "width_div", "n_pools", "head_pool", "dropout", "head"),
+    "resnet34": ("num_classes", "width_div", "maxpool"),
+    "preact_resnet18": ("num_classes", "width_div"),
+}
+
+# apnb.attribution.attribute's methods
+ATTRIBUTION_METHODS = ("gradcam", "ebp", "lrp", "rap", "saliency", "inputgrad", "ig", "eg", "agi", "lpi", "occlusion")
