@@ -18,6 +18,8 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	npm install --no-audit --no-fund --silent --prefix $(VENV)/npm mathjax@$(MATHJAX)
 	# Chromium for the browser test of the built book (Debian package; needs root or sudo)
 	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; } || echo "apnb: could not install chromium; the browser test will be skipped (set APNB_REQUIRE_BROWSER=1 to fail instead)"
+	# bubblewrap isolates each graded submission of `apnb course grade` (Debian package; needs root or sudo)
+	command -v bwrap >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q bubblewrap; } || echo "apnb: could not install bubblewrap; course grading will refuse untrusted submissions unless run as root (then as the user nobody)"
 	rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP)

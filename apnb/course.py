@@ -15,8 +15,9 @@ turns each chapter with exercises into an Otter Assign master notebook (fastai's
 are generated from the book, not forked) and runs Otter Assign on it: ``OUT/student`` holds the student
 notebooks (solutions replaced by ``...``, checks kept and runnable with ``grader.check("...")``),
 ``OUT/autograder`` one zip per chapter and the solution notebooks. ``apnb course grade SUBMISSIONS``
-grades every submitted notebook in this environment (Otter's non-containerised grading, no Docker) and
-writes one table of scores, a column per exercise. Judgement questions are not scored: their model
+grades every submitted notebook, each in its own process under bubblewrap (read-only file system but for
+a throwaway folder, no network, a timeout and a memory limit; Otter's non-containerised grading inside, no
+Docker), and writes one table of scores, a column per exercise. Judgement questions are not scored: their model
 answers are in the book.
 
 Otter rather than nbgrader: a student's local check (``grader.check``) runs the same tests with the same
@@ -200,15 +201,28 @@ def chapter_exercises(notebooks: list[Path]) -> dict[str, list[Exercise]]:
     return out
 
 
-def build(out_dir: str | Path, notebooks: list[Path]) -> dict[str, Path]:
+MARKER = ".apnb-course"  # written by build into OUT: the folder is one that apnb created
+
+
+def build(out_dir: str | Path, notebooks: list[Path], force: bool = False) -> dict[str, Path]:
     """Write the student set: ``student/<chapter>.ipynb``, ``autograder/<chapter>.zip`` and the solution
-    notebooks ``autograder/<chapter>.ipynb``. Built in a temporary folder and moved into place, so a
-    failed build leaves an earlier set untouched. Returns {chapter: student notebook}."""
+    notebooks ``autograder/<chapter>.ipynb``. Returns {chapter: student notebook}.
+
+    Nothing apnb did not write is deleted: a non-empty ``out_dir`` that an earlier build did not create
+    (no ``.apnb-course`` marker) is refused unless ``force``; only ``student/`` and ``autograder/`` are ever
+    replaced, and what else the folder holds (a teacher's notes, grades) and its siblings are left alone.
+    The set is built in a temporary folder inside ``out_dir`` and moved into place, so a failed build leaves
+    an earlier set untouched."""
     from otter.assign import main as otter_assign
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".course-", dir=out_dir.parent))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CourseError(f"{out_dir} is a file: give a folder for the course set")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists() and not force:
+        raise CourseError(f"{out_dir} is not empty and was not written by `apnb course build`: give a new or empty "
+                          f"folder, or add --force (only its student/ and autograder/ are then replaced)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".course-build-", dir=out_dir))
     try:
         written = {}
         for p in notebooks:
@@ -229,14 +243,12 @@ def build(out_dir: str | Path, notebooks: list[Path]) -> dict[str, Path]:
             written[p.stem] = out_dir / "student" / f"{p.stem}.ipynb"
         if not written:
             raise CourseError("no chapter has an exercise: nothing to build")
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(out_dir.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-        os.replace(work / "set", out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        (out_dir / MARKER).write_text("written by `apnb course build`: student/ and autograder/ are replaced by "
+                                      "the next build; anything else here is left alone\n")
+        for sub in ("student", "autograder"):
+            if (out_dir / sub).exists():
+                os.replace(out_dir / sub, work / f"previous-{sub}")  # removed with work below
+            os.replace(work / "set" / sub, out_dir / sub)
         return written
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -250,18 +262,138 @@ def _chapter_of(nb_path: Path, autograders: dict[str, Path]) -> str:
     for stem in sorted(autograders, key=len, reverse=True):
         if nb_path.stem.startswith(stem) or nb_path.stem.endswith(stem):
             return stem
-    raise CourseError(f"{nb_path}: not a notebook of this course (no chapter {name!r}): submit the student "
-                      "notebook that `apnb course build` wrote")
+    raise CourseError(f"not a notebook of this course (no chapter {name!r}): submit the student notebook that "
+                      f"`apnb course build` wrote")
 
 
-def grade(submissions: str | Path, autograder_dir: str | Path, out: str | Path | None = None):
-    """Grade every ``*.ipynb`` under ``submissions`` against ``autograder_dir`` (``OUT/autograder`` of
-    :func:`build`). Returns a long table (submission, chapter, exercise, score, possible, failed: the
-    messages of the failing checks) and writes it to ``out`` (CSV, default ``SUBMISSIONS/scores.csv``), one
-    row per submission and exercise. Every submission is matched to its chapter before any is graded."""
-    import pandas as pd
+def sandbox_command() -> list[str] | None:
+    """The bubblewrap prefix that isolates one grading (``None`` when ``bwrap`` is not installed): the whole
+    file system read-only, a private ``/tmp``, no network, no other process visible, no capabilities; the
+    caller binds the submission's throwaway folder writable."""
+    bwrap = shutil.which("bwrap")
+    if not bwrap:
+        return None
+    return [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+            "--unshare-all", "--cap-drop", "ALL", "--die-with-parent", "--new-session"]
+
+
+class SandboxMissing(CourseError):
+    """Neither bubblewrap nor root is there to isolate a grading."""
+
+
+class GradingFailed(RuntimeError):
+    """One submission could not be graded (timed out, crashed, out of memory); it scores zero."""
+
+
+def _grade_isolated(nb: Path, zip_path: Path, timeout: float, memory_gb: float, sandbox: bool) -> dict:
+    """Grade one submission in its own process, in a throwaway folder that is its only writable place.
+
+    With ``sandbox``: under bubblewrap (:func:`sandbox_command`) where installed, else, for root, as the
+    unprivileged user ``nobody``; neither available is a :class:`CourseError`. A memory limit (``RLIMIT_DATA``)
+    and a timeout apply in every case. Returns {question: {score, possible, failed}}."""
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    limit = int(memory_gb * 2**30)
+
+    def limits():
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    with tempfile.TemporaryDirectory(prefix="apnb-grade-", dir=_scratch()) as work:
+        work = Path(work)
+        shutil.copy(nb, work / nb.name)
+        shutil.copy(zip_path, work / zip_path.name)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("APNB_RECORD", "JUPYTER_", "IPYTHON"))}
+        env.update(HOME=str(work), JUPYTER_RUNTIME_DIR=str(work / ".runtime"), IPYTHONDIR=str(work / ".ipython"),
+                   MPLCONFIGDIR=str(work / ".matplotlib"), XDG_CACHE_HOME=str(work / ".cache"), TMPDIR=str(work),
+                   PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        cmd = [sys.executable, "-m", "apnb.course", "grade-one", nb.name, zip_path.name, "result.json"]
+        user = None
+        if sandbox:
+            prefix = sandbox_command()
+            if prefix:
+                cmd = prefix + ["--bind", str(work), str(work), "--chdir", str(work)] + cmd
+            elif os.geteuid() == 0:
+                user = "nobody"
+                shutil.chown(work, user)
+                for f in work.iterdir():
+                    shutil.chown(f, user)
+            else:
+                raise SandboxMissing("grading untrusted submissions needs bubblewrap (Debian: apt-get install "
+                                  "bubblewrap; `make install` does it): install it, or pass --no-sandbox to grade "
+                                  "submissions you trust")
+        try:
+            r = subprocess.run(cmd, cwd=work, env=env, preexec_fn=limits, user=user, timeout=timeout,
+                               capture_output=True, text=True, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            raise GradingFailed(f"timed out after {timeout:.0f} s") from None
+        out = work / "result.json"
+        if r.returncode != 0 or not out.exists():
+            last = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+            raise GradingFailed(f"grading stopped: {last}")
+        return json.loads(out.read_text())
+
+
+def _scratch() -> str | None:
+    """Where throwaway grading folders go: the project's ``build/tmp`` (nothing left under ``/tmp``)."""
+    d = runner.repo_root() / "build" / "tmp"
+    d.mkdir(parents=True, exist_ok=True)
+    return str(d)
+
+
+def _grade_here(nb: str, zip_path: str, out: str) -> None:
+    """What one isolated grading process runs (``python -m apnb.course grade-one NB ZIP OUT``)."""
+    import json
+
     from otter.api import grade_submission
 
+    res = grade_submission(nb, zip_path, quiet=True)
+    rows = {}
+    for q, r in res.to_dict().items():
+        failed = [t["test_case"].get("failure_message") or t["test_case"]["name"]
+                  for t in r.get("test_case_results", []) if not t.get("passed")]
+        rows[q] = {"score": float(r["score"]), "possible": float(r["possible"]), "failed": "; ".join(failed)}
+    Path(out).write_text(json.dumps(rows))
+
+
+def _read_problem(p: Path) -> str | None:
+    """Why ``p`` cannot be a submission (empty, not JSON, not a notebook), or None."""
+    import json
+
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        return f"cannot be read ({e})"
+    if not text.strip():
+        return "is empty"
+    try:
+        json.loads(text)
+    except ValueError as e:
+        return f"is not a notebook (not JSON: {e})"
+    try:
+        nbformat.reads(text, 4)
+    except Exception as e:  # nbformat's validation errors have no common base
+        return f"is not a notebook ({str(e).splitlines()[0]})"
+    return None
+
+
+def grade(submissions: str | Path, autograder_dir: str | Path, out: str | Path | None = None,
+          timeout: float = 600, memory_gb: float = 4, sandbox: bool = True, log=None):
+    """Grade every ``*.ipynb`` under ``submissions`` against ``autograder_dir`` (``OUT/autograder`` of
+    :func:`build`), each in its own isolated process (:func:`_grade_isolated`). Returns a long table
+    (submission, chapter, exercise, score, possible, failed: the messages of the failing checks) and writes
+    it to ``out`` (CSV, default ``SUBMISSIONS/scores.csv``), one row per submission and exercise.
+
+    A file that cannot be graded (empty, not JSON, not a notebook of this course, timed out, crashed) gets
+    one line naming it (``log``, default standard error) and one row scoring zero, whose ``failed`` says why;
+    the others are graded."""
+    import sys
+
+    import pandas as pd
+
+    log = log or (lambda m: print(m, file=sys.stderr))
     submissions, autograder_dir = Path(submissions), Path(autograder_dir)
     zips = {z.stem: z for z in sorted(autograder_dir.glob("*.zip"))}
     if not zips:
@@ -270,16 +402,26 @@ def grade(submissions: str | Path, autograder_dir: str | Path, out: str | Path |
     files = sorted(p for p in submissions.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
     if not files:
         raise CourseError(f"{submissions} holds no submitted notebook (*.ipynb)")
-    chapters = {p: _chapter_of(p, zips) for p in files}  # every file is checked before any is graded
     rows = []
     for p in files:
-        res = grade_submission(str(p), str(zips[chapters[p]]), quiet=True)
-        for q, r in res.to_dict().items():
-            failed = [t["test_case"].get("failure_message") or t["test_case"]["name"]
-                      for t in r.get("test_case_results", []) if not t.get("passed")]
-            rows.append({"submission": str(p.relative_to(submissions)), "chapter": chapters[p], "exercise": q,
-                         "score": float(r["score"]), "possible": float(r["possible"]), "failed": "; ".join(failed)})
-    table = pd.DataFrame(rows)
+        name = str(p.relative_to(submissions))
+        chapter = None
+        try:
+            problem = _read_problem(p)
+            if problem:
+                raise GradingFailed(problem)
+            chapter = _chapter_of(p, zips)
+            res = _grade_isolated(p, zips[chapter], timeout, memory_gb, sandbox)
+        except SandboxMissing:
+            raise
+        except (GradingFailed, CourseError) as e:
+            log(f"apnb: {p}: {e}: scored 0")
+            rows.append({"submission": name, "chapter": chapter or "", "exercise": "", "score": 0.0,
+                         "possible": float("nan"), "failed": str(e)})
+            continue
+        for q, r in res.items():
+            rows.append({"submission": name, "chapter": chapter, "exercise": q, **r})
+    table = pd.DataFrame(rows, columns=["submission", "chapter", "exercise", "score", "possible", "failed"])
     out = Path(out) if out else submissions / "scores.csv"
     tmp = out.with_name(out.name + ".tmp")
     table.to_csv(tmp, index=False)
@@ -349,3 +491,11 @@ def chapter_requirements(notebooks: list[Path]):
                      "trains networks": "yes" if trains else "no",
                      "GPU at paper": "yes" if trains and paper_data != "none" else "no"})
     return pd.DataFrame(rows)
+
+
+if __name__ == "__main__":  # one isolated grading: python -m apnb.course grade-one NB ZIP OUT
+    import sys
+
+    if sys.argv[1:2] != ["grade-one"] or len(sys.argv) != 5:
+        sys.exit("usage: python -m apnb.course grade-one NOTEBOOK AUTOGRADER_ZIP OUT_JSON")
+    _grade_here(*sys.argv[2:])

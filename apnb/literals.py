@@ -31,25 +31,24 @@ def _where(source: str, mark) -> str:
     return f"{source} line {mark.line + 1} column {mark.column + 1}" if mark is not None else source
 
 
-def _check(node, path: str, source: str) -> None:
+def _check(node, path: str, source: str, loader) -> None:
     if node.tag not in PLAIN_TAGS:
         tag = node.tag.replace(_CORE, "!!")
         hint = " (a date: quote it to give a string)" if tag == "!!timestamp" else ""
         raise PlainDataError(f"{_where(source, node.start_mark)}: {path or 'the value'} has the tag {tag}{hint}; "
                              f"parameters are plain data ({PLAIN}): remove the tag")
     if node.tag == _CORE + "float":
-        text = node.value.lower().lstrip("+-")
-        if text in (".inf", ".nan"):
+        if not math.isfinite(loader.construct_yaml_float(node)):  # .inf, .nan, and 1.0e+400 (overflows)
             raise PlainDataError(f"{_where(source, node.start_mark)}: {path or 'the value'} = {node.value} is not a "
                                  f"finite number: give a finite value")
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
-            _check(k, path, source)
+            _check(k, path, source, loader)
             key = k.value if isinstance(k, yaml.ScalarNode) else "?"
-            _check(v, f"{path}.{key}" if path else str(key), source)
+            _check(v, f"{path}.{key}" if path else str(key), source, loader)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _check(v, f"{path}[{i}]", source)
+            _check(v, f"{path}[{i}]", source, loader)
 
 
 def load(text: str, source: str = "<string>", path: str = ""):
@@ -60,7 +59,7 @@ def load(text: str, source: str = "<string>", path: str = ""):
         node = loader.get_single_node()
         if node is None:
             return None
-        _check(node, path, source)
+        _check(node, path, source, loader)
         return loader.construct_document(node)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark

@@ -313,9 +313,11 @@ def _tidy(nb: Path, out_dir: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _ipc_kernel_manager():
+def _ipc_kernel_manager(log_path: Path):
     """The kernel manager papermill starts kernels with: IPC sockets (files in Jupyter's runtime folder, for
-    this user only) instead of TCP on localhost, where ipykernel warns that the traffic is unencrypted."""
+    this user only) instead of TCP on localhost, where ipykernel warns that the traffic is unencrypted; the
+    kernel process's own messages (not the notebook's outputs) go to ``log_path`` rather than the terminal, so
+    that an interrupted run prints one line, not the kernel's complaints about its closed sockets."""
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.paths import jupyter_runtime_dir
     from traitlets import CaselessStrEnum, default
@@ -329,6 +331,11 @@ def _ipc_kernel_manager():
             runtime = Path(jupyter_runtime_dir())
             runtime.mkdir(parents=True, exist_ok=True)
             return str(runtime / f"apnb-{os.getpid()}-{os.urandom(4).hex()}-ipc")
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            with open(log_path, "ab") as log:
+                kw.setdefault("stderr", log)
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
 
     return IPCKernelManager
 
@@ -367,6 +374,8 @@ def _run_locked(nb: Path, profile: str, params: dict, out_dir: Path, force: bool
     log(f"apnb: running {nb.name} [{profile}] {json.dumps(params, default=str)[:200]}")
     # this run's own partial record: rows go there, and it replaces the record only once the run succeeded
     tmp_rec = out_dir / f".{nb.stem}.{os.getpid()}-{os.urandom(4).hex()}.results.partial.json"
+    kernel_log = out_dir / f"{nb.stem}.kernel.log"  # the kernel process's stderr; kept only when the run fails
+    kernel_log.unlink(missing_ok=True)
     env_before = os.environ.get(records.ENV)
     os.environ[records.ENV] = str(tmp_rec)
     t0 = time.time()
@@ -375,7 +384,7 @@ def _run_locked(nb: Path, profile: str, params: dict, out_dir: Path, force: bool
             try:
                 pm.execute_notebook(source, str(tmp_nb), kernel_name="python3", cwd=str(repo_root()),
                                     progress_bar=False, request_save_on_cell_execute=False,
-                                    kernel_manager_class=_ipc_kernel_manager())
+                                    kernel_manager_class=_ipc_kernel_manager(kernel_log))
             except pm.PapermillExecutionError as e:
                 failed = out_dir / f"{nb.stem}.failed.ipynb"
                 shutil.copy2(tmp_nb, failed)
@@ -397,6 +406,7 @@ def _run_locked(nb: Path, profile: str, params: dict, out_dir: Path, force: bool
             os.environ[records.ENV] = env_before
     atomic_write_text(stamp_file, stamp)
     (out_dir / f"{nb.stem}.failed.ipynb").unlink(missing_ok=True)
+    kernel_log.unlink(missing_ok=True)
     log(f"apnb: {nb.name} [{profile}] done in {wall:.0f}s -> {out}")
     return out
 

@@ -48,8 +48,15 @@ def _spec(v):
         raise ValueError("n_pools must be in [1, 5]")
 
 
+def _num(v) -> float:
+    """``v`` as a float when it is a number (an int or a float, not a bool or a string), else a ValueError."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"must be a number, not {type(v).__name__} {v!r}")
+    return float(v)
+
+
 def _p(v):
-    MatchingConfig(kind="sswa", p=float(v))
+    MatchingConfig(kind="sswa", p=_num(v))
 
 
 def _ps(v):
@@ -62,12 +69,12 @@ def _beta(v):
         for kind, b in v.items():
             MatchingConfig(kind=kind, beta=b)
     elif v is not None:
-        MatchingConfig(kind="sswa", beta=float(v))
+        MatchingConfig(kind="sswa", beta=_num(v))
 
 
 def _betas(v):
     for b in v:
-        _beta(float(b))
+        _beta(_num(b))
 
 
 def _synth(v):
@@ -90,13 +97,13 @@ def _seeds(v):
 
 
 def _prob(v):
-    if not 0.0 <= float(v) < 1.0:
+    if not 0.0 <= _num(v) < 1.0:
         raise ValueError("must be in [0, 1)")
 
 
 def _fractions(v):
     for f in v:
-        if not 0.0 <= float(f) < 1.0:
+        if not 0.0 <= _num(f) < 1.0:
             raise ValueError("every fraction must be in [0, 1)")
 
 
@@ -177,12 +184,12 @@ def _bool(v):
 
 
 def _positive(v):
-    if not float(v) > 0:
+    if not _num(v) > 0:
         raise ValueError("must be > 0")
 
 
 def _unit(v):
-    if not 0.0 <= float(v) <= 1.0:
+    if not 0.0 <= _num(v) <= 1.0:
         raise ValueError("must be in [0, 1]")
 
 

@@ -98,12 +98,14 @@ def test_grading_a_copy(student_set, tmp_path, copy):
     assert (tmp_path / copy / "scores.csv").exists()
 
 
-def test_grade_refuses_foreign_notebooks_before_grading(student_set, tmp_path):
+def test_a_foreign_notebook_scores_zero_with_one_line(student_set, tmp_path, capsys):
     out, _ = student_set
     (tmp_path / "subs").mkdir()
     shutil.copy(runner.repo_root() / "notebooks" / "31_execution.ipynb", tmp_path / "subs" / "mine.ipynb")
-    with pytest.raises(course.CourseError, match="not a notebook of this course"):
-        course.grade(tmp_path / "subs", out / "autograder")
+    table = course.grade(tmp_path / "subs", out / "autograder")
+    assert list(table.score) == [0.0] and "not a notebook of this course" in table.failed.iloc[0]
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "mine.ipynb" in line and "not a notebook of this course" in line
     with pytest.raises(course.CourseError, match="no autograder zip"):
         course.grade(tmp_path / "subs", tmp_path)
 

@@ -14,15 +14,34 @@ CIFAR_MEAN = {10: [0.4914, 0.4822, 0.4465], 100: [0.5071, 0.4865, 0.4409]}
 CIFAR_STD = {10: [0.2470, 0.2435, 0.2616], 100: [0.2673, 0.2564, 0.2762]}
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch and nothing else: a batch is a dict of lists, strings, bytes, ints and one
+    numpy uint8 array, so the only globals it may name are numpy's array reconstructors and dtypes. Any other
+    global (``os.system``, ``builtins.eval``...) is refused, so a tampered file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR batch holds only plain data and "
+                                     f"numpy arrays")
+
+
 def _unpickle(p: Path):
     if not p.exists():
         raise DataError(f"{p} is missing: expected the python-version CIFAR batches "
                         f"(cifar-10-batches-py/data_batch_1..5,test_batch or cifar-100-python/train,test)")
     try:
         with open(p, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            d = _BatchUnpickler(f, encoding="latin1").load()
     except Exception as e:
-        raise DataError(f"cannot read {p} as a CIFAR pickle batch: {e}") from e
+        raise DataError(f"cannot read {p} as a CIFAR pickle batch: {e}") from None
+    if not isinstance(d, dict):
+        raise DataError(f"cannot read {p} as a CIFAR pickle batch: it holds a {type(d).__name__}, not a dict")
+    return d
 
 
 def load_cifar(root, train=True, num_classes=10, normalize=True) -> TensorDataset:
