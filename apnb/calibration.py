@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from . import evaluate as E
 from . import recipes as R
@@ -102,7 +101,12 @@ def p2_table(summary: dict):
 
 
 def load_plan(path: str | Path = "profiles/calibrate.yml") -> dict:
-    plan = yaml.safe_load(Path(path).read_text())
+    from .config import resolve_path
+    from .literals import load_file
+
+    plan = load_file(resolve_path(path))  # plain data only, as profiles (apnb.literals)
+    if not isinstance(plan, dict):
+        raise ValueError(f"{path}: must be a mapping with base, steps and record (see the docstring of apnb.calibration)")
     for k in ("base", "steps", "record"):
         if k not in plan:
             raise ValueError(f"{path}: missing {k!r} (see the docstring of apnb.calibration)")
