@@ -382,9 +382,10 @@ def _read_problem(p: Path) -> str | None:
 def grade(submissions: str | Path, autograder_dir: str | Path, out: str | Path | None = None,
           timeout: float = 600, memory_gb: float = 4, sandbox: bool = True, log=None):
     """Grade every ``*.ipynb`` under ``submissions`` against ``autograder_dir`` (``OUT/autograder`` of
-    :func:`build`), each in its own isolated process (:func:`_grade_isolated`). Returns a long table
-    (submission, chapter, exercise, score, possible, failed: the messages of the failing checks) and writes
-    it to ``out`` (CSV, default ``SUBMISSIONS/scores.csv``), one row per submission and exercise.
+    :func:`build`), each in its own isolated process: under bubblewrap (:func:`sandbox_command`) where
+    installed, else, for root, as the user ``nobody``, with ``timeout`` seconds and ``memory_gb`` GiB. Returns
+    a long table (submission, chapter, exercise, score, possible, failed: the messages of the failing checks)
+    and writes it to ``out`` (CSV, default ``SUBMISSIONS/scores.csv``), one row per submission and exercise.
 
     A file that cannot be graded (empty, not JSON, not a notebook of this course, timed out, crashed) gets
     one line naming it (``log``, default standard error) and one row scoring zero, whose ``failed`` says why;

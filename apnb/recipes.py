@@ -53,7 +53,7 @@ def get_teacher(spec: dict, data: dict, train: dict | None, pretrain: dict | Non
     Synthetic stand-in: ``pretrain`` epochs on the cue-free ``pretrain`` split, then ``train`` on the
     cued split. ImageNet (``multilabel=False``, cross-entropy): ``train=None`` with ``pretrained=True`` uses
     the torchvision network as it is (paper supplement B). The initial weights are drawn from the seed of
-    the first phase. ``guards`` (:class:`apnb.guards.Guards`): the pretraining loss must leave its plateau
+    the first phase. ``guards`` (:class:`apnb.specs.Guards`): the pretraining loss must leave its plateau
     and the mAP on val / the cue-free val copy must clear the thresholds, else :class:`PremiseError`.
     Returns ``(model, info)``; ``info`` holds the training history and its store key.
     """
@@ -239,7 +239,7 @@ def prune_structured_many(teacher, teacher_key: str, jobs: list[dict], data: dic
     beta * matching, in cohorts: the fine-tunes of one seed share every batch and one teacher pass.
 
     Each job is a dict of :func:`apnb.recipes.prune_structured`'s per-network arguments: ``method``, ``train`` and
-    optionally ``beta``, ``p``, ``match_layers``, ``match_opts`` (further :class:`~apnb.matching.MatchingConfig`
+    optionally ``beta``, ``p``, ``match_layers``, ``match_opts`` (further :class:`~apnb.specs.MatchingConfig`
     fields: center_logits, relu, per_neuron, ...) and ``eval_fn(model) -> dict`` (called after each
     fine-tuning epoch; its rows land in ``info["history"]``). Every job prunes the same teacher at the same
     ``rate`` (deterministic), so all share one architecture; ``prune_layers`` names the convolutions to prune
@@ -382,7 +382,7 @@ def job(method: str, seed: int, train: dict, matching: dict, beta: float | None 
         layers: list[str] | None = None, opts: dict | None = None, eval_fn=None) -> dict:
     """One network of a cohort, as :func:`distill_many` and :func:`prune_structured_many` take it: ``train``
     with ``seed``; ``beta`` defaults to ``matching["beta"][method]`` (None for naive), ``p`` to ``matching["p"]``
-    and ``layers`` to ``[matching["layer"]]``; ``opts`` are further :class:`~apnb.matching.MatchingConfig` fields."""
+    and ``layers`` to ``[matching["layer"]]``; ``opts`` are further :class:`~apnb.specs.MatchingConfig` fields."""
     return {"method": method, "train": dict(train, seed=seed),
             "beta": matching["beta"].get(method) if beta is None else beta,
             "p": matching["p"] if p is None else p, "match_layers": list(layers or [matching["layer"]]),

@@ -195,7 +195,7 @@ def test_full_disk_is_one_clear_line_and_leaves_no_partial_file(tmp_path, monkey
         Path(f).write_bytes(b"partial")
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 32813120 vs 32813008")
 
-    monkeypatch.setattr(cfgmod.torch, "save", short_write)
+    monkeypatch.setattr(torch, "save", short_write)  # apnb.config imports torch on first use
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 3 << 20))
     target = tmp_path / "final.pt"
     with pytest.raises(cfgmod.DiskFullError, match=r"no space left writing .*final.pt \(3 MiB free\)"):

@@ -129,6 +129,9 @@ def test_failed_cell_names_the_notebook(mini_repo):
     with pytest.raises(runner.RunError, match="n1.ipynb failed .*ValueError: boom"):
         runner.run_notebook(mini_repo / "notebooks" / "n1.ipynb", "p", log=lambda s: None)
     assert (runner.runs_dir("p") / "n1.failed.ipynb").exists()
+    # nothing half-written is left: no partial record, no temporary notebook, no record at all
+    left = [p.name for p in runner.runs_dir("p").iterdir() if "partial" in p.name or ".tmp." in p.name]
+    assert left == [] and not (runner.runs_dir("p") / "n1.results.json").exists()
 
 
 def test_cli_help_and_errors(capsys, mini_repo):

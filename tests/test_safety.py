@@ -131,6 +131,7 @@ def test_dotted_keys_reach_any_depth(repo):
     ("methods", "[naive, sswaa]", r"unknown compression methods \['sswaa'\]"),
     ("benchmark.synth.classes", "0", "classes=0"),
     ("benchmark.synth.nope", "1", r"unknown SynthConfig fields \['nope'\]"),
+    ("seeds", "[0, 1", "-p seeds line 1 column 6: not valid YAML"),
 ])
 def test_validation_gaps_are_closed(key, value, match, capsys):
     assert cli.main(["run", "notebooks/01_voc_distillation.ipynb", "--profile", "smoke", "-p", key, value]) == 2
@@ -275,6 +276,14 @@ def test_course_build_deletes_nothing_it_did_not_write(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_course_folders_resolve_against_the_project_root(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "subs").mkdir()
+    assert cli.main(["course", "grade", "subs"]) == 2  # relative: under the project root, not here
+    err = capsys.readouterr().err
+    assert f"{runner.repo_root() / 'subs'}" in err or f"{runner.repo_root() / 'build' / 'course' / 'autograder'}" in err
+
+
 def test_grading_is_isolated_and_a_bad_file_scores_zero(tmp_path, capsys):
     """A submission that tries to write outside its folder is refused and still graded; an empty file, a
     file that is not JSON and a timed-out one each get one line and a zero; the others are graded."""
