@@ -3,8 +3,8 @@
 ``apnb run --all --profile paper --seeds 0 1 2 --executor local|slurm`` submits one job per (notebook,
 seed) through submitit: Slurm array jobs (partition, GPUs, time limit, array parallelism) or local
 processes (submitit's ``LocalExecutor``). A notebook without a ``seeds`` parameter is one job. Each job
-runs :func:`apnb.runner.run_notebook` with ``seeds=[s]`` into ``build/runs/<profile>/seed-<s>/``; its
-trained networks land in the shared checkpoint store.
+runs :func:`apnb.runner.run_notebook` with ``seeds=[s]`` into ``build/runs/<profile>/seed-<s>/`` (with ``-p``
+overrides, under :func:`apnb.runner.output_dir`); its trained networks land in the shared checkpoint store.
 
 Re-submitting is cheap: a finished job is skipped (its stamp matches) and every network a job already
 trained is reloaded from the store, so only what is missing runs again. ``apnb book --profile <p>``
@@ -42,9 +42,9 @@ def plan(notebooks, profile: str, seeds=None, overrides: dict | None = None) -> 
         if seeds and "seeds" in declared:
             for s in seeds:
                 jobs.append(Job(str(nb), profile, {**(overrides or {}), "seeds": [s]},
-                                str(runner.runs_dir(profile) / f"seed-{s}")))
-        else:
-            jobs.append(Job(str(nb), profile, dict(overrides or {}), str(runner.runs_dir(profile))))
+                                str(runner.output_dir(profile, overrides) / f"seed-{s}")))
+        else:  # with -p overrides, beside the profile's records (runner.output_dir), never over them
+            jobs.append(Job(str(nb), profile, dict(overrides or {}), str(runner.output_dir(profile, overrides))))
     runner.prepare_fixtures(profile)  # once, before the jobs: the checks below look for the data
     for j in jobs:  # bad parameters fail here, before anything is submitted
         runner.params_for(Path(j.notebook), profile, j.overrides)

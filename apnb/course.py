@@ -268,12 +268,14 @@ def _chapter_of(nb_path: Path, autograders: dict[str, Path]) -> str:
 
 def sandbox_command() -> list[str] | None:
     """The bubblewrap prefix that isolates one grading (``None`` when ``bwrap`` is not installed): the whole
-    file system read-only, a private ``/tmp``, no network, no other process visible, no capabilities; the
-    caller binds the submission's throwaway folder writable."""
+    file system read-only, no network, no other process visible, no capabilities; the caller binds the
+    submission's throwaway folder writable (it is also its ``TMPDIR``)."""
     bwrap = shutil.which("bwrap")
     if not bwrap:
         return None
-    return [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+    # /tmp stays the (read-only) host /tmp rather than a tmpfs: a checkout or a virtual environment may live
+    # there; temporary files go to the throwaway folder (TMPDIR)
+    return [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             "--unshare-all", "--cap-drop", "ALL", "--die-with-parent", "--new-session"]
 
 

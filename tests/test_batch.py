@@ -95,11 +95,12 @@ def test_local_executor_with_parallelism_trains_a_shared_network_once(tmp_path, 
     at once, one of them trains it and every other job loads it (the store entry's lock)."""
     monkeypatch.setattr(runner, "runs_dir", lambda profile: tmp_path / "runs" / profile)
     nb = _teacher_notebook(tmp_path / "toy_teacher.ipynb")
-    jobs = batch.plan([nb], "smoke", seeds=[0, 1, 2], overrides={"data_root": str(synth_root),
-                                                                 "store": str(tmp_path / "store")})
+    overrides = {"data_root": str(synth_root), "store": str(tmp_path / "store")}
+    jobs = batch.plan([nb], "smoke", seeds=[0, 1, 2], overrides=overrides)
     ex = batch.executor("local", folder=tmp_path / "jobs" / "%j", timeout_min=10, parallelism=2)
     batch.submit(jobs, ex, log=lambda *a: None, poll_s=0.2)
-    rows = [r for s in (0, 1, 2) for r in records.load(tmp_path / "runs" / "smoke" / f"seed-{s}" /
-                                                         "toy_teacher.results.json")["rows"]]
+    out = runner.output_dir("smoke", overrides)  # -p runs: beside the profile's records, never over them
+    assert out.parent == tmp_path / "runs" / "smoke" and out.name.startswith("overrides-")
+    rows = [r for s in (0, 1, 2) for r in records.load(out / f"seed-{s}" / "toy_teacher.results.json")["rows"]]
     assert sorted(r["value"] for r in rows) == [0, 0, 1]  # trained once, loaded twice
     assert len({r["weights"] for r in rows}) == 1
