@@ -349,8 +349,10 @@ def test_a_read_only_store_serves_what_it_holds_without_locks(tmp_path):
             f"s = Store({str(tmp_path / 'store')!r})\n"
             "with s.lock('teacher', {'k': 1}):\n    assert s.load('teacher', {'k': 1}, torch.nn.Linear(2, 2)) is not None\n"
             "try:\n    s.lock('teacher', {'k': 2})\nexcept StoreError as e:\n    print('refused:', e)\n")
-    cmd = course.sandbox_command() + ["--ro-bind", str(tmp_path), str(tmp_path), PY, "-c", code]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    scratch = tmp_path / "scratch"  # the one writable place (torch wants a temporary folder)
+    scratch.mkdir()
+    cmd = course.sandbox_command() + ["--bind", str(scratch), str(scratch), PY, "-c", code]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, TMPDIR=str(scratch)))
     assert r.returncode == 0, r.stderr
     assert "refused: the store" in r.stdout and "is read-only and lacks teacher" in r.stdout
     assert not list((tmp_path / "store").glob("*.lock"))
