@@ -374,8 +374,13 @@ def fit_cohort(members: list[Member], train_set: Dataset, device="auto", progres
         res, start, ckpt, rkey = _resume(m.model, opt, sch, m.cfg, m.ckpt, m.key)
         states.append({"m": m, "opt": opt, "sch": sch, "res": res, "start": start, "ckpt": ckpt, "rkey": rkey,
                        "seen": 0})
-    # members whose objective needs a teacher pass step first, so a logits-only member reuses their pass
-    order = sorted(states, key=lambda st: getattr(st["m"].objective, "teacher_need", lambda: False)() in (None, False))
+    # members whose objective needs the most of a teacher pass step first (gradients, then activations, then
+    # logits), so that the others reuse their pass (AttributionMatching.teacher_pass)
+    def _order(st):
+        need = getattr(st["m"].objective, "teacher_need", lambda: False)()
+        return (need in (None, False), -need[1] if isinstance(need, tuple) else 0)
+
+    order = sorted(states, key=_order)
     use_amp = {id(st["m"]): st["m"].cfg.amp and device.type == "cuda" for st in states}
     last = max(m.cfg.epochs for m in members)
     first = min(st["start"] for st in states)

@@ -149,11 +149,18 @@ class AttributionMatching:
 
         The graph is cut at the layer and the teacher's parameters are frozen, so the teacher gets no
         gradient and nothing before the layer is recorded. ``cache`` (one dict per batch) shares the result
-        among regularizers with the same :meth:`apnb.matching.AttributionMatching.teacher_need`: one teacher
-        pass serves a whole cohort."""
+        among regularizers with the same :meth:`apnb.matching.AttributionMatching.teacher_need`, and EWA
+        (activations only) reads any pass at its layers: one teacher pass serves a whole cohort of naive KD,
+        EWA, SWA and SSWA members."""
         need = self.teacher_need()
         if cache is not None and need in cache:
             return cache[need]
+        if cache is not None and need is not None and need[1] == 0:
+            # EWA needs the activations alone: a pass at the same layers for SWA or SSWA holds them, computed
+            # in the same way (fit_cohort steps the members that need gradients first)
+            hit = next((v for k, v in cache.items() if k is not None and k[0] == need[0]), None)
+            if hit is not None:
+                return hit
         if need is None:
             with torch.no_grad():
                 out = (teacher(x).detach(), None, None, None)

@@ -14,11 +14,12 @@ from apnb import recipes as R
 from apnb import models as M
 from apnb.engine import Compress, Member, TrainConfig, fit, fit_cohort, load_checkpoint
 from apnb.store import Store
+from apnb import specs
 from apnb.matching import AttributionMatching
 
 pytestmark = pytest.mark.unit
 
-KINDS = ["none", "ewa", "swa", "sswa", "sswa_coded", "grad_at"]
+KINDS = list(specs.KINDS)  # every matching kind, e2KD included
 CFG = dict(epochs=3, lr=0.01, batch_size=16, schedule="onecycle", optimizer="adamw", seed=5)
 
 
@@ -65,7 +66,7 @@ def test_cohort_members_equal_their_runs_alone():
 
 
 def test_one_teacher_pass_per_batch_and_need():
-    """Naive and EWA/SWA/SSWA members share the passes: the teacher runs once per distinct need per batch."""
+    """Naive, EWA, SWA and SSWA members share one teacher pass per batch (issue: nothing computed twice)."""
     teacher, data = _teacher(), _data()
     calls = [0]
     teacher.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
@@ -75,9 +76,14 @@ def test_one_teacher_pass_per_batch_and_need():
     assert calls[0] == 3  # 3 batches, one pass each (swa and sswa need the same; naive reuses its logits)
     calls[0] = 0
     members = [Member(_student(), _obj(teacher, k), TrainConfig(**dict(CFG, epochs=1)), name=k)
-               for k in ["ewa", "swa"]]
+               for k in ["none", "ewa", "swa"]]
     fit_cohort(members, data, progress=False)
-    assert calls[0] == 6  # EWA needs no gradients, SWA does: two passes per batch
+    assert calls[0] == 3  # EWA reads the activations of SWA's pass, naive KD its logits: one pass per batch
+    calls[0] = 0
+    members = [Member(_student(), _obj(teacher, k), TrainConfig(**dict(CFG, epochs=1)), name=k)
+               for k in ["none", "ewa"]]
+    fit_cohort(members, data, progress=False)
+    assert calls[0] == 3  # EWA's own pass (activations, no gradients) serves naive KD
 
 
 def test_cohort_refuses_members_that_cannot_share_batches():
