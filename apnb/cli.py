@@ -70,6 +70,16 @@ def main(argv=None):
     cg.add_argument("--no-sandbox", action="store_true",
                     help="grade without isolation (only for submissions you trust; see the README's trust model)")
 
+    st = sub.add_parser("store", help="the checkpoint store: hand its networks to another machine as one bundle")
+    stsub = st.add_subparsers(dest="store_cmd", required=True)
+    se = stsub.add_parser("export", help="write BUNDLE: the networks a profile's run records list, the records and "
+                                         "a manifest of SHA-256 sums and versions")
+    se.add_argument("bundle", help="the archive to write (.tar, or .tar.gz to compress; relative: under the project root)")
+    se.add_argument("--profile", default="demo", help="whose run records (build/runs/<profile>) list the networks")
+    si = stsub.add_parser("import", help="check BUNDLE whole (sums, version, paths, weights) and add its networks "
+                                         "to the store ($APNB_STORE); a refused bundle changes nothing")
+    si.add_argument("bundle")
+
     k = sub.add_parser("calibrate", help="calibrate the embedded benchmark on the paper's premises "
                        "(profiles/calibrate.yml -> its record, read by the book's calibration page)")
     k.add_argument("--plan", default="profiles/calibrate.yml")
@@ -116,7 +126,7 @@ def _reported(e: BaseException) -> bool:
     failed premise) rather than a defect, whose traceback is shown."""
     from .runner import RunError
 
-    names = {"PremiseError", "StoreError", "CourseError", "DataError", "ModelError", "DiskFullError"}
+    names = {"PremiseError", "StoreError", "BundleError", "CourseError", "DataError", "ModelError", "DiskFullError"}
     return isinstance(e, (RunError, UsageError, ValueError, OSError)) or type(e).__name__ in names
 
 
@@ -149,6 +159,18 @@ def _dispatch(args, r, s) -> int:
     elif args.cmd == "book":
         index = runner.build_book(args.profile, run=not args.no_run, force=args.force)
         print(f"apnb: book built: {index}")
+    elif args.cmd == "store":
+        from . import bundle
+        from .config import resolve_path
+
+        if args.store_cmd == "export":
+            m = bundle.export(resolve_path(args.bundle), args.profile)
+            print(f"apnb: wrote {resolve_path(args.bundle)}: {len(m['entries'])} networks, {len(m['records'])} run "
+                  f"records (apnb {m['apnb']}, torch {m['torch']})")
+        else:
+            r_ = bundle.import_bundle(resolve_path(args.bundle))
+            print(f"apnb: imported {len(r_['added'])} networks ({len(r_['present'])} already in the store); "
+                  f"run records in {r_['records']}")
     elif args.cmd == "calibrate":
         from . import calibration
 
