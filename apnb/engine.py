@@ -1,7 +1,8 @@
 """One ``fit`` for teacher training, distillation and pruning fine-tune (the store of finished networks is
 :mod:`apnb.store`).
 
-- SGD (momentum, weight decay) with a multistep (paper), cosine or one-cycle schedule; AMP (bf16) on CUDA.
+- SGD (momentum, weight decay) with a multistep (paper), cosine or one-cycle schedule; fp32, or bf16 autocast
+  where ``TrainConfig.precision`` asks for it (:mod:`apnb.precision`).
 - The objective is pluggable: :class:`Supervised` or :class:`Compress` (KD and/or task loss plus the
   attribution-matching regularizer of :mod:`apnb.matching`).
 - Atomic checkpoints every epoch (model, optimizer, scheduler, RNG states, pruning masks, history).
@@ -37,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import compression as C
 from . import records
+from . import precision as P
 from .config import atomic_torch_save, config_key, resolve_device
 from .matching import AttributionMatching
 from .models import ModelError
@@ -251,7 +253,7 @@ def fit(model: nn.Module, objective: Callable, train_set: Dataset, cfg: TrainCon
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt, sch = make_optimizer(model, cfg, steps)
     res, start, ckpt, rkey = _resume(model, opt, sch, cfg, ckpt, key)
-    use_amp = cfg.amp and device.type == "cuda"
+    prec = P.resolve(cfg.precision, device)
     t0, seen = time.time(), 0
     for epoch in range(start, cfg.epochs):
         es = _epoch_seed(cfg.seed, epoch)
@@ -265,7 +267,7 @@ def fit(model: nn.Module, objective: Callable, train_set: Dataset, cfg: TrainCon
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
         for step, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with P.autocast(prec, device):
                 loss, logs = objective(net, x, y)
             if not torch.isfinite(loss.detach()):
                 raise FloatingPointError(
@@ -327,8 +329,9 @@ def _same_state(a: tuple, b: tuple) -> bool:
 
 
 def cohort_key(cfg: TrainConfig) -> tuple:
-    """Members may share batches only when these agree: the seed fixes the data order and the augmentation."""
-    return (cfg.seed, cfg.batch_size, cfg.num_workers)
+    """Members may share batches only when these agree: the seed fixes the data order and the augmentation,
+    and one precision gives the teacher pass they share."""
+    return (cfg.seed, cfg.batch_size, cfg.num_workers, cfg.precision)
 
 
 def fit_cohort(members: list[Member], train_set: Dataset, device="auto", progress: bool = True,
@@ -344,7 +347,7 @@ def fit_cohort(members: list[Member], train_set: Dataset, device="auto", progres
     global RNG state that the batch left, as it would alone, so its dropout masks are its own run's. That
     needs every member to draw the same amount of randomness per step (one architecture, one dropout); a
     member that does not is refused with a one-line error. Members must share ``seed``, ``batch_size`` and
-    ``num_workers`` (:func:`apnb.engine.cohort_key`). One process only (under torchrun, use
+    ``num_workers`` and ``precision`` (:func:`apnb.engine.cohort_key`). One process only (under torchrun, use
     :func:`apnb.engine.fit`). ``seconds`` of each result is the cohort's wall time per member."""
     from tqdm.auto import tqdm
 
@@ -355,7 +358,7 @@ def fit_cohort(members: list[Member], train_set: Dataset, device="auto", progres
         raise ValueError("fit_cohort runs in one process; under torchrun train each network with fit")
     keys = {cohort_key(m.cfg) for m in members}
     if len(keys) > 1:
-        raise ValueError(f"cohort members differ in (seed, batch_size, num_workers): {sorted(keys)}; "
+        raise ValueError(f"cohort members differ in (seed, batch_size, num_workers, precision): {sorted(keys)}; "
                          f"group them with engine.cohort_key")
     cfg0 = members[0].cfg
     sampler = DistributedSampler(train_set, 1, 0, shuffle=True, seed=cfg0.seed, drop_last=True)
@@ -381,7 +384,7 @@ def fit_cohort(members: list[Member], train_set: Dataset, device="auto", progres
         return (need in (None, False), -need[1] if isinstance(need, tuple) else 0)
 
     order = sorted(states, key=_order)
-    use_amp = {id(st["m"]): st["m"].cfg.amp and device.type == "cuda" for st in states}
+    prec = {id(st["m"]): P.resolve(st["m"].cfg.precision, device) for st in states}
     last = max(m.cfg.epochs for m in members)
     first = min(st["start"] for st in states)
     t_start = time.time()
@@ -408,7 +411,7 @@ def fit_cohort(members: list[Member], train_set: Dataset, device="auto", progres
                 m = st["m"]
                 _set_rng_state(before, device)
                 cache = caches.setdefault(id(getattr(m.objective, "teacher", None)), {})
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp[id(m)]):
+                with P.autocast(prec[id(m)], device):
                     loss, logs = (m.objective(m.model, x, y, cache=cache) if hasattr(m.objective, "teacher_need")
                                   else m.objective(m.model, x, y))
                 if not torch.isfinite(loss.detach()):

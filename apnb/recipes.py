@@ -29,6 +29,7 @@ from . import __version__
 from . import compression as C
 from . import models as M
 from . import quantization as Q
+from . import precision as P
 from .config import resolve_device
 from .data.splits import train_images, voc_data
 from .engine import Compress, Member, Supervised, TrainConfig, cohort_key, fit, fit_cohort
@@ -59,6 +60,7 @@ def get_teacher(spec: dict, data: dict, train: dict | None, pretrain: dict | Non
     """
     store = store or Store()
     g = Guards.of(guards)
+    train, pretrain = P.keyed(train, resolve_device(device)), P.keyed(pretrain, resolve_device(device))
     cfg = _key({"role": "teacher", "spec": spec, "train": train, "pretrain": pretrain, "pretrained": pretrained,
                 "data": data["id"], **({} if multilabel else {"multilabel": False})})
     key = config_key(cfg)
@@ -171,6 +173,7 @@ def distill_many(teacher, teacher_key: str, jobs: list[dict], data: dict, T: flo
     methods (paired seeds: common random numbers). A student ends exactly as :func:`apnb.recipes.distill` alone would
     make it (:func:`apnb.engine.fit_cohort`), under the same store key. Returns ``[(student, info)]``."""
     store = store or Store()
+    jobs = [dict(j, train=P.keyed(j["train"], resolve_device(device))) for j in jobs]
     work = []
     for j in jobs:
         reg = matching_for(j["method"], j.get("beta"), j.get("p", 0.3), j.get("match_layers", ("last_conv",)),
@@ -212,6 +215,7 @@ def prune_unstructured(teacher, teacher_key: str, method: str, data: dict, train
     model)`` sees the network after each round's fine-tune. Returns ``(model, info)``: ``info`` holds the
     cumulative ``rate``, the ``iterations`` and the last round's store ``key``."""
     store = store or Store()
+    train = P.keyed(train, resolve_device(device))
     reg = matching_for(method, beta, p, match_layers)
     frozen_teacher = copy.deepcopy(teacher).eval()
     model = copy.deepcopy(teacher)
@@ -245,6 +249,7 @@ def prune_structured_many(teacher, teacher_key: str, jobs: list[dict], data: dic
     ``rate`` (deterministic), so all share one architecture; ``prune_layers`` names the convolutions to prune
     (default: all). Returns ``[(model, info)]``."""
     store = store or Store()
+    jobs = [dict(j, train=P.keyed(j["train"], resolve_device(device))) for j in jobs]
     frozen_teacher = copy.deepcopy(teacher).cpu().eval()
     x0 = torch.zeros(1, 3, image_size, image_size)
     extra = {} if multilabel else {"multilabel": False}
@@ -301,6 +306,7 @@ def quantize(teacher, teacher_key: str, method: str, data: dict, train: dict | N
         q = Q.prepare(teacher, x_cal[:64], bits, "ptq")
         return Q.calibrate(q, x_cal), {"mode": "ptq", "bits": bits, "calib_images": len(x_cal)}
     store = store or Store()
+    train = P.keyed(train, resolve_device(device))
     reg = matching_for(method, beta, p, match_layers)
     cfg = _key({"role": "qat", "teacher": teacher_key, "method": method, "match": reg.cfg.to_dict(), "train": train,
                 "bits": bits, "calib_images": calib_images, "engine": Q.ENGINE,

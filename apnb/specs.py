@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 # ------------------------------------------------------------------ training (apnb.engine)
 
+PRECISIONS = ("fp32", "bf16", "auto")
+
 
 @dataclass
 class TrainConfig:
@@ -28,7 +30,7 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     num_workers: int = 0
-    amp: bool = True
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto: bf16 only where it is faster (apnb.precision)
     clip_grad: float | None = None
 
     def __post_init__(self):
@@ -40,6 +42,8 @@ class TrainConfig:
             raise ValueError(f"optimizer={self.optimizer!r}: use sgd or adamw")
         if self.schedule not in ("multistep", "cosine", "onecycle", "constant"):
             raise ValueError(f"schedule={self.schedule!r}: use multistep, cosine, onecycle or constant")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: use {', '.join(PRECISIONS)}")
 
 
 # ------------------------------------------------------------------ attribution matching (apnb.matching)

@@ -88,7 +88,7 @@ def test_one_teacher_pass_per_batch_and_need():
 
 def test_cohort_refuses_members_that_cannot_share_batches():
     teacher, data = _teacher(), _data()
-    with pytest.raises(ValueError, match="differ in \\(seed, batch_size, num_workers\\)"):
+    with pytest.raises(ValueError, match="differ in \\(seed, batch_size, num_workers, precision\\)"):
         fit_cohort([Member(_student(), _obj(teacher, "none"), TrainConfig(**CFG)),
                     Member(_student(), _obj(teacher, "none"), TrainConfig(**dict(CFG, seed=6)))], data, progress=False)
     with pytest.raises(ValueError, match="draws different randomness per step.*own cohort"):

@@ -245,7 +245,7 @@ def test_paper_parameter_counts():
 
 @pytest.mark.parametrize("kind", ["ewa", "swa", "sswa"])
 def test_bf16_autocast_matching_double_backward(kind):
-    """The CUDA training step runs under bf16 autocast (``fit``); SWA/SSWA differentiate through a gradient
+    """A bf16 training step (``TrainConfig.precision``) runs under bf16 autocast (``fit``); SWA/SSWA differentiate through a gradient
     (the student's Grad-CAM weights). On the CPU, the same autocast region runs the double backward, gives
     the fp32 matching term to within bf16's precision, and student gradients that point where the fp32 ones
     do (cosine 0.99 for SWA/SSWA, 0.90 for EWA, measured), none for the teacher. The dropout masks of the
