@@ -52,6 +52,8 @@ def main(argv=None):
     b.add_argument("--profile", default="demo")
     b.add_argument("--no-run", action="store_true", help="only render what build/runs/<profile> holds")
     b.add_argument("--force", action="store_true", help="re-execute every notebook")
+    b.add_argument("--plan", action="store_true", help="measure the machine, print what each chapter still has "
+                                                       "to compute (TFLOP, expected minutes) and exit")
 
     c = sub.add_parser("course", help="the course: student notebooks with autograded checks (otter-grader)")
     csub = c.add_subparsers(dest="course_cmd", required=True)
@@ -157,8 +159,9 @@ def _dispatch(args, r, s) -> int:
         else:
             r.error("give a notebook path or --all")
     elif args.cmd == "book":
-        index = runner.build_book(args.profile, run=not args.no_run, force=args.force)
-        print(f"apnb: book built: {index}")
+        index = runner.build_book(args.profile, run=not args.no_run, force=args.force, plan_only=args.plan)
+        if index is not None:
+            print(f"apnb: book built: {index}")
     elif args.cmd == "store":
         from . import bundle
         from .config import resolve_path

@@ -39,10 +39,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from . import compression as C
 from . import records
 from . import precision as P
+from . import work
 from .config import atomic_torch_save, config_key, resolve_device
 from .matching import AttributionMatching
 from .models import ModelError
 from .specs import TrainConfig  # noqa: F401  (torch-free, for the parameter check)
+
+work.from_env()  # inside `apnb run`: count what every network computes (apnb.work)
 
 
 # ------------------------------------------------------------------ objectives
@@ -229,8 +232,16 @@ def fit(model: nn.Module, objective: Callable, train_set: Dataset, cfg: TrainCon
 
     ``eval_fn(model) -> dict`` runs after every epoch (history). ``stop_after_epoch`` ends the call early
     (used by tests to simulate an interruption). ``key``: the store key of the network; the checkpoint
-    records :func:`run_key` and a checkpoint of another run is never resumed.
+    records :func:`run_key` and a checkpoint of another run is never resumed. Its work is counted as
+    training (:mod:`apnb.work`).
     """
+    with work.phase("train"):
+        res = _fit(model, objective, train_set, cfg, ckpt, eval_fn, device, progress, stop_after_epoch, key)
+    records.add_work()
+    return res
+
+
+def _fit(model, objective, train_set, cfg, ckpt, eval_fn, device, progress, stop_after_epoch, key) -> FitResult:
     from tqdm.auto import tqdm
 
     device = resolve_device(device)
@@ -346,9 +357,16 @@ def fit_cohort(members: list[Member], train_set: Dataset, device="auto", progres
     data order and augmentation depend on ``(seed, epoch)`` only, and each member's step starts from the
     global RNG state that the batch left, as it would alone, so its dropout masks are its own run's. That
     needs every member to draw the same amount of randomness per step (one architecture, one dropout); a
-    member that does not is refused with a one-line error. Members must share ``seed``, ``batch_size`` and
+    member that does not is refused with a one-line error. Members must share ``seed``, ``batch_size``,
     ``num_workers`` and ``precision`` (:func:`apnb.engine.cohort_key`). One process only (under torchrun, use
     :func:`apnb.engine.fit`). ``seconds`` of each result is the cohort's wall time per member."""
+    with work.phase("train"):
+        out = _fit_cohort(members, train_set, device, progress, stop_after_epoch)
+    records.add_work()
+    return out
+
+
+def _fit_cohort(members, train_set, device, progress, stop_after_epoch) -> list[FitResult]:
     from tqdm.auto import tqdm
 
     if not members:

@@ -14,6 +14,9 @@ after the last conv, the paper's conv5_3) and ``last_pool`` (pool5, the authors'
 """
 from __future__ import annotations
 
+import collections
+import copy
+import json
 import os
 from pathlib import Path
 
@@ -158,6 +161,14 @@ class PreActResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(self.relu(self.bn(x))), 1))
 
 
+# A seeded build is a function of (spec, seed): small networks are kept, and a later build of the same pair
+# is a copy (identical tensors). Building a VGG costs about 1 s whatever its width, since torchvision's
+# constructor first makes and initialises its 25088x4096 ImageNet classifier, and every student of one seed
+# shares one initialisation.
+_BUILT: "collections.OrderedDict[tuple, nn.Module]" = collections.OrderedDict()
+_CACHE_ENTRIES, _CACHE_MAX_PARAMS = 16, 5_000_000
+
+
 def build(spec: dict, seed: int | None = None) -> nn.Module:
     """Build from a spec dict (``arch`` plus the keyword arguments of :func:`vgg` or :func:`resnet34`).
 
@@ -166,9 +177,18 @@ def build(spec: dict, seed: int | None = None) -> nn.Module:
     process, and the global RNG is left as it was. ``None`` draws from the global RNG (legacy).
     """
     if seed is not None:
+        key = (json.dumps(spec, sort_keys=True, default=str), int(seed))
+        if key in _BUILT:
+            _BUILT.move_to_end(key)
+            return copy.deepcopy(_BUILT[key])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
-            return build(spec, None)
+            model = build(spec, None)
+        if count_params(model) <= _CACHE_MAX_PARAMS:
+            _BUILT[key] = copy.deepcopy(model)
+            while len(_BUILT) > _CACHE_ENTRIES:
+                _BUILT.popitem(last=False)
+        return model
     spec = dict(spec)
     arch = spec.pop("arch", None)
     if arch in VGG_CFG:

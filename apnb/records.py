@@ -38,10 +38,32 @@ def load(path: str | os.PathLike | None = None) -> dict:
     return json.loads(p.read_text())
 
 
+def _add_work(rec: dict) -> dict:
+    """Add the work counted since the last write (:mod:`apnb.work`, TFLOP per phase) to ``rec["work"]``."""
+    import sys
+
+    work = sys.modules.get("apnb.work")  # loaded (and counting) only where torch is: never imported from here
+    if work is not None and work.enabled() and os.environ.get("RANK", "0") == "0":
+        done = work.take()
+        if any(done.values()):
+            acc = rec.setdefault("work", {})
+            for k, v in done.items():
+                acc[k] = acc.get(k, 0.0) + v
+    return rec
+
+
+def add_work() -> None:
+    """Write the work counted so far into the run record (inside ``apnb run`` only)."""
+    if ENV not in os.environ or os.environ.get("RANK", "0") != "0":
+        return
+    p = record_path()
+    atomic_write_text(p, json.dumps(_add_work(load(p)), indent=1))
+
+
 def log(table: str, rows: Iterable[dict], path: str | os.PathLike | None = None) -> None:
     """Append rows to ``table``. Each row needs ``metric`` and ``value``; other keys identify it."""
     p = Path(path) if path else record_path()
-    rec = load(p)
+    rec = _add_work(load(p)) if path is None else load(p)
     for r in rows:
         if "metric" not in r or "value" not in r:
             raise ValueError(f"record row needs 'metric' and 'value' keys, got {sorted(r)}")
@@ -57,7 +79,7 @@ def tally(counter: str, entry: str | None = None) -> None:
     if ENV not in os.environ or os.environ.get("RANK", "0") != "0":  # one writer under torchrun
         return
     p = record_path()
-    rec = load(p)
+    rec = _add_work(load(p))
     store = rec.setdefault("store", {})
     store[counter] = store.get(counter, 0) + 1
     if entry is not None and entry not in store.setdefault("entries", []):

@@ -303,14 +303,21 @@ def scorecard_html(card: pd.DataFrame, href: str = "../notebooks/{notebook}.html
     return shown.to_html(index=False, escape=False, border=0, classes="scorecard")
 
 
-def execution_table(records: dict[str, dict]) -> pd.DataFrame:
+def execution_table(records: dict[str, dict], machine_gflops: float | None = None) -> pd.DataFrame:
     """One row per executed notebook (``records``: notebook stem -> run record): profile, commit, when it
-    finished (UTC), wall time, and how many networks it trained and how many it reloaded from the store."""
+    finished (UTC), wall time, how many networks it trained and how many it reloaded from the store, the
+    TFLOP it computed (:mod:`apnb.work`: training and evaluation), its achieved GFLOP/s, and that rate as a
+    share of ``machine_gflops`` (the machine's rate on the demo teacher's training step; NaN when unknown)."""
     rows = []
     for nb, rec in records.items():
-        store = rec.get("store", {})
+        store, w = rec.get("store", {}), rec.get("work")
+        wall = rec.get("wall_time_s", float("nan"))
+        tflop = (w.get("train_tflop", 0.0) + w.get("eval_tflop", 0.0)) if w is not None else float("nan")
+        rate = tflop * 1e3 / wall if wall and wall == wall and wall > 0 else float("nan")
         rows.append({"notebook": nb, "profile": rec.get("profile", ""), "commit": rec.get("commit", "")[:7],
                      "finished (UTC)": rec.get("finished_at", "not recorded").replace("T", " ").rstrip("Z"),
-                     "minutes": round(rec.get("wall_time_s", float("nan")) / 60, 1),
-                     "networks trained": store.get("trained", 0), "networks reloaded": store.get("loaded", 0)})
+                     "minutes": round(wall / 60, 1),
+                     "networks trained": store.get("trained", 0), "networks reloaded": store.get("loaded", 0),
+                     "TFLOP": round(tflop, 3), "GFLOP/s": round(rate, 1),
+                     "share of machine rate": round(rate / machine_gflops, 2) if machine_gflops else float("nan")})
     return pd.DataFrame(rows)

@@ -461,11 +461,65 @@ def for_readers(executed: Path, dest: Path) -> Path:
     return dest
 
 
-def build_book(profile: str = "demo", run: bool = True, force: bool = False) -> Path:
-    """Execute every notebook of the toc (unless ``run=False``), stage the book and build it strictly."""
+def machine_record(profile: str) -> dict | None:
+    """What ``apnb book`` measured of the machine before it ran ``profile`` (``machine.json`` in its runs
+    folder: GFLOP/s on the demo teacher's training step, the CPU, the precision), or None."""
+    p = runs_dir(profile) / "machine.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def measure_machine(profile: str) -> dict:
+    """Measure the machine's rate in the precision and on the device ``profile`` trains with, and record it
+    beside the profile's runs (:func:`machine_record`)."""
+    from . import precision as P
+    from . import work
+    from .config import resolve_device
+
+    d = load_profile(profile).get("defaults", {})
+    dev = resolve_device(d.get("device", "auto"))
+    prec = P.resolve(((d.get("teacher_recipe") or {}).get("train") or {}).get("precision", "fp32"), dev)
+    rate = work.machine_rate(precision=prec, device=dev)
+    rec = {"gflops": round(rate, 1), "cpu": work.cpu_name(), "device": str(dev), "precision": prec,
+           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write_text(runs_dir(profile) / "machine.json", json.dumps(rec, indent=1))
+    return rec
+
+
+def plan_book(profile: str, log=print) -> tuple[dict, list[dict]]:
+    """Measure the machine, then print what every chapter still has to compute at ``profile`` and the expected
+    minutes (:func:`apnb.work.book_plan`); returns the machine record and the plan rows."""
+    from . import work
+
+    m = measure_machine(profile)
+    rows = work.book_plan(profile, m["gflops"])
+    log(f"apnb: plan of the {profile} book; the machine reaches {m['gflops']:.0f} GFLOP/s on the demo teacher's "
+        f"training step in {m['precision']} on {m['device']}")
+    for line in work.plan_lines(rows, m["gflops"], m["cpu"]):
+        log(line)
+    return m, rows
+
+
+def build_book(profile: str = "demo", run: bool = True, force: bool = False, plan_only: bool = False,
+               log=print) -> Path | None:
+    """Execute every notebook of the toc (unless ``run=False``), stage the book and build it strictly.
+    First the plan (:func:`plan_book`); ``plan_only`` prints it and returns None. While the notebooks run,
+    one line per chapter as it starts and ends, against the plan."""
     root = repo_root()
-    if run:
-        run_all(profile, force=force)
+    if run or plan_only:
+        _, rows = plan_book(profile, log)
+        if plan_only:
+            return None
+        t_book = time.time()
+        for nb, plan in zip(toc_notebooks(), rows):
+            expect = "unknown" if plan["minutes"] is None else f"{plan['minutes']:.1f} min"
+            log(f"apnb: {nb.stem} starts at {(time.time() - t_book) / 60:.1f} min (plan: {expect})")
+            t0 = time.time()
+            run_notebook(nb, profile, None, force)
+            log(f"apnb: {nb.stem} ends after {(time.time() - t0) / 60:.1f} min (plan: {expect})")
+        log(f"apnb: every chapter ran in {(time.time() - t_book) / 60:.1f} min")
     runs = runs_dir(profile)
     stage = root / "build" / f"book-{profile}"
     if stage.exists():

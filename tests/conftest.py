@@ -112,9 +112,12 @@ def run_one(stem: str, profile: str, pool=None) -> dict:
 
 @pytest.fixture(scope="session")
 def smoke_runs():
-    """Every notebook of the toc executed at the smoke profile (skipped when unchanged); their run records."""
+    """Every notebook of the toc executed at the smoke profile (skipped when unchanged); their run records.
+    The machine is measured first, as ``apnb book`` does, so that the execution page shows its rate."""
     from apnb import runner
 
+    if runner.machine_record("smoke") is None:
+        runner.measure_machine("smoke")
     return {nb.stem: run_one(nb.stem, "smoke") for nb in runner.toc_notebooks()}
 
 

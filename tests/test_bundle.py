@@ -235,6 +235,7 @@ def test_different_network_under_same_key_is_kept(built, tmp_path):
     assert not (dest / built["keys"][0]).exists()  # the other entry was not moved in either
 
 
+@pytest.mark.slow
 def test_cli_one_line(built, tmp_path):
     mem = _members(built["bundle"])
     mem["MANIFEST.json"] = mem["MANIFEST.json"].replace(__version__.encode(), b"9.9.9")

@@ -120,10 +120,13 @@ def test_execution_table_and_store_tally(tmp_path, monkeypatch):
     records.tally("loaded")  # a second torchrun rank does not write
     r = records.finalize(rec, profile="demo", commit="0123456789", wall_time_s=90.0, finished_at="2026-12-01T10:00:00Z")
     assert r["store"] == {"trained": 1, "loaded": 2} and len(r["rows"]) == 1
-    t = report.execution_table({"01_x": r, "02_y": {"profile": "demo"}})
+    r["work"] = {"train_tflop": 1.5, "eval_tflop": 0.3}
+    t = report.execution_table({"01_x": r, "02_y": {"profile": "demo"}}, machine_gflops=40.0)
     assert t.iloc[0].to_dict() == {"notebook": "01_x", "profile": "demo", "commit": "0123456", "finished (UTC)":
-                                   "2026-12-01 10:00:00", "minutes": 1.5, "networks trained": 1, "networks reloaded": 2}
+                                   "2026-12-01 10:00:00", "minutes": 1.5, "networks trained": 1, "networks reloaded": 2,
+                                   "TFLOP": 1.8, "GFLOP/s": 20.0, "share of machine rate": 0.5}
     assert t.iloc[1]["networks trained"] == 0 and t.iloc[1]["finished (UTC)"] == "not recorded"
+    assert t.iloc[1][["TFLOP", "GFLOP/s", "share of machine rate"]].isna().all()
 
 
 def test_formatted_and_paired_against_with_holm():

@@ -284,6 +284,7 @@ def test_course_folders_resolve_against_the_project_root(tmp_path, monkeypatch, 
     assert f"{runner.repo_root() / 'subs'}" in err or f"{runner.repo_root() / 'build' / 'course' / 'autograder'}" in err
 
 
+@pytest.mark.slow
 def test_grading_is_isolated_and_a_bad_file_scores_zero(tmp_path, capsys):
     """A submission that tries to write outside its folder is refused and still graded; an empty file, a
     file that is not JSON and a timed-out one each get one line and a zero; the others are graded."""
