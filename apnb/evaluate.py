@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from . import metrics as Mt
 from . import models as M
+from . import evalcache as EC
 from . import quantization as Q
 from .attribution import attribute
 from .config import resolve_device
@@ -246,20 +247,32 @@ def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", a
 
     With Grad-CAM (``attr=None``), ``cos_top1`` is the cosine of the maps at ``match_layer`` (default
     ``layer``) for the teacher's top-1 class over every val image (:func:`apnb.evaluate.top1_similarity`),
-    beside the paper's ``cos``."""
+    beside the paper's ``cos``.
+
+    With Grad-CAM, the network's own part (everything but the comparison with ``reference``) is kept in the
+    evaluation cache (:mod:`apnb.evalcache`): a network with the same weights, scored on the same data with
+    the same settings and the same evaluation code, is read back instead of scored again."""
     grad_cam = attr is None
     attr = attr or attribution_fn("gradcam", layer)
-    loc = localization(model, data["loc"], device, attr=attr, multilabel=multilabel)
-    if grad_cam:
-        targets = reference.top1[0] if reference is not None and reference.top1 is not None else None
-        loc.top1 = top1_maps(model, data["val"], match_layer or layer, device, targets)
-    row = {"params": M.count_params(model, nonzero=True)}
-    row.update(prediction_metrics(model, data["val"], device, multilabel=multilabel))
-    if "val_nocue" in data:  # the same val images without their context cue: reliance on the shortcut
-        row["mAP_nocue"] = prediction_metrics(model, data["val_nocue"], device)["mAP"]
-    elif multilabel:
-        row["mAP_nocue"] = float("nan")
-    row.update(loc.summary(strict=False))
+    targets = reference.top1[0] if grad_cam and reference is not None and reference.top1 is not None else None
+    key = (EC.key(model, data, {"layer": layer, "match_layer": match_layer or layer, "multilabel": multilabel},
+                  targets) if grad_cam else None)
+    hit = EC.get(key) if key else None
+    if hit is not None:
+        row, loc = hit
+    else:
+        loc = localization(model, data["loc"], device, attr=attr, multilabel=multilabel)
+        if grad_cam:
+            loc.top1 = top1_maps(model, data["val"], match_layer or layer, device, targets)
+        row = {"params": M.count_params(model, nonzero=True)}
+        row.update(prediction_metrics(model, data["val"], device, multilabel=multilabel))
+        if "val_nocue" in data:  # the same val images without their context cue: reliance on the shortcut
+            row["mAP_nocue"] = prediction_metrics(model, data["val_nocue"], device)["mAP"]
+        elif multilabel:
+            row["mAP_nocue"] = float("nan")
+        row.update(loc.summary(strict=False))
+        if key:
+            EC.put(key, row, loc)
     if reference is not None:
         row.update(similarity(reference, loc, strict=False))
         if reference.top1 is not None and loc.top1 is not None:
