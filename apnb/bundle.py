@@ -2,7 +2,8 @@
 what one machine trained instead of training it again.
 
 ``export`` collects every store entry that the run records of a profile list (``build/runs/<profile>``, the
-``store.entries`` of each ``*.results.json``), with those records, into a tar archive whose ``MANIFEST.json``
+``store.entries`` of each ``*.results.json``), with those records and the store's kept scores
+(:mod:`apnb.evalcache`, keyed by the weights they score), into a tar archive whose ``MANIFEST.json``
 gives each file's SHA-256 and size, the library and torch versions and each network's precision.
 
 ``import_bundle`` trusts nothing in the archive until it is checked: every member must be a regular file at
@@ -38,7 +39,8 @@ ENTRY = re.compile(r"(teacher|student|pruned|structured|quantized)-[0-9a-f]{16}"
 ENTRY_FILES = ("final.pt", "cfg.json")
 _MEMBER = re.compile(r"^(?:MANIFEST\.json"
                      r"|checkpoints/(?:teacher|student|pruned|structured|quantized)-[0-9a-f]{16}/(?:final\.pt|cfg\.json)"
-                     r"|records/[A-Za-z0-9_.-]+\.results\.json)$")
+                     r"|records/[A-Za-z0-9_.-]+\.results\.json"
+                     r"|evaluations/[0-9a-f]{32}\.pt)$")
 
 
 class BundleError(RuntimeError):
@@ -91,7 +93,8 @@ def export(bundle: str | os.PathLike, profile: str = "demo", runs: str | os.Path
                           f"re-run the profile (apnb book --profile {profile}) so that they are trained, then export")
     names = {}
     manifest = {"format": FORMAT, "apnb": __version__, "torch": torch.__version__, "profile": profile,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "entries": {}, "records": {}}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "entries": {}, "records": {},
+                "evaluations": {}}
     for e in entries:
         cfg = json.loads((root / e / "cfg.json").read_text()) if (root / e / "cfg.json").is_file() else {}
         files = {}
@@ -105,6 +108,12 @@ def export(bundle: str | os.PathLike, profile: str = "demo", runs: str | os.Path
         arc = "records/" + "__".join(r.relative_to(runs).parts)
         manifest["records"][arc] = {"sha256": _sha256(r), "bytes": r.stat().st_size}
         names[arc] = r
+    evals = root.parent / "evaluations"  # the scores kept in the store (apnb.evalcache), keyed by the weights
+    for p in sorted(evals.glob("*.pt")) if evals.is_dir() else []:
+        if re.fullmatch(r"[0-9a-f]{32}\.pt", p.name):
+            arc = f"evaluations/{p.name}"
+            manifest["evaluations"][arc] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+            names[arc] = p
     bundle = Path(bundle)
     mode = "w:gz" if bundle.name.endswith((".tar.gz", ".tgz")) else "w"
     with atomic_path(bundle) as tmp:
@@ -125,7 +134,8 @@ def _check_member(m: tarfile.TarInfo, bundle: Path) -> None:
                           f"refused, nothing imported")
     if not _MEMBER.match(m.name):
         raise BundleError(f"{bundle}: member {m.name!r} is not a path a bundle holds (MANIFEST.json, "
-                          f"checkpoints/<entry>/final.pt or cfg.json, records/*.results.json): refused, nothing imported")
+                          f"checkpoints/<entry>/final.pt or cfg.json, records/*.results.json, evaluations/<key>.pt): refused, "
+                          f"nothing imported")
 
 
 def _read(bundle: Path, into: Path) -> dict:
@@ -162,8 +172,9 @@ def _read(bundle: Path, into: Path) -> dict:
 
 
 def import_bundle(bundle: str | os.PathLike, store: str | os.PathLike | None = None) -> dict:
-    """Check ``bundle`` whole, then add its networks to the store (``$APNB_STORE``) and its run records to
-    ``<store>/bundles/<profile>-<sha12>/``. Returns ``{"added": [...], "present": [...], "records": folder}``.
+    """Check ``bundle`` whole, then add its networks and kept scores to the store (``$APNB_STORE``) and its run
+    records to ``<store>/bundles/<profile>-<sha12>/``. Returns ``{"added": [...], "present": [...], "records":
+    folder, "evaluations": <scores added>}``.
     Nothing is moved into the store unless every check passes."""
     import torch
 
@@ -187,6 +198,7 @@ def import_bundle(bundle: str | os.PathLike, store: str | os.PathLike | None = N
         listed = {f"checkpoints/{e}/{f}": v for e, spec in man.get("entries", {}).items()
                   for f, v in spec.get("files", {}).items()}
         listed.update(man.get("records", {}))
+        listed.update(man.get("evaluations", {}))
         present = {str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()} - {MANIFEST}
         if present != set(listed):
             odd = sorted(present ^ set(listed))[0]
@@ -196,6 +208,14 @@ def import_bundle(bundle: str | os.PathLike, store: str | os.PathLike | None = N
             if _sha256(tmp / name) != v.get("sha256"):
                 raise BundleError(f"{bundle}: {name} does not match its SHA-256 in the manifest (altered or damaged): "
                                   f"refused, nothing imported")
+        for name in man.get("evaluations", {}):  # read back like any entry before it is kept
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.load(tmp / name, map_location="cpu", weights_only=True)
+            except Exception as err:
+                raise BundleError(f"{bundle}: {name} does not load as data ({type(err).__name__}): refused, "
+                                  f"nothing imported") from err
         added, same = [], []
         for e in man.get("entries", {}):
             if not ENTRY.fullmatch(e) or not (tmp / "checkpoints" / e / "final.pt").is_file():
@@ -227,13 +247,20 @@ def import_bundle(bundle: str | os.PathLike, store: str | os.PathLike | None = N
                 for resume in dst.glob("*.ckpt"):  # an interrupted training here is superseded
                     resume.unlink(missing_ok=True)
                 os.replace(src / "final.pt", dst / "final.pt")  # last: the entry is finished when this exists
+        scores = 0
+        for name in man.get("evaluations", {}):
+            dst = st.root.parent / name
+            if not dst.exists():  # same key, same inputs: a score already here is kept
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp / name, dst)
+                scores += 1
         digest = _sha256(tmp / MANIFEST)[:12]
         dest = st.root.parent / "bundles" / f"{man.get('profile', 'profile')}-{digest}"
         dest.mkdir(parents=True, exist_ok=True)
         for name in man.get("records", {}):
             os.replace(tmp / name, dest / Path(name).name)
         atomic_write_text(dest / MANIFEST, (tmp / MANIFEST).read_text())
-    return {"added": added, "present": same, "records": dest}
+    return {"added": added, "present": same, "records": dest, "evaluations": scores}
 
 
 def _entry_lock(st, entry: str):

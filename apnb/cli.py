@@ -172,8 +172,8 @@ def _dispatch(args, r, s) -> int:
                   f"records (apnb {m['apnb']}, torch {m['torch']})")
         else:
             r_ = bundle.import_bundle(resolve_path(args.bundle))
-            print(f"apnb: imported {len(r_['added'])} networks ({len(r_['present'])} already in the store); "
-                  f"run records in {r_['records']}")
+            print(f"apnb: imported {len(r_['added'])} networks ({len(r_['present'])} already in the store) and "
+                  f"{r_['evaluations']} kept scores; run records in {r_['records']}")
     elif args.cmd == "calibrate":
         from . import calibration
 

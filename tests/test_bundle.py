@@ -37,6 +37,9 @@ def built(tmp_path):
     (runs / "01_x.results.json").write_text(json.dumps({"rows": [], "store": {"entries": [keys[0]]}}))
     (runs / "overrides-abc" / "01_x.results.json").write_text(json.dumps({"rows": [], "store": {"entries": keys[:2]}}))
     (runs / ".01_x.123-ab.results.partial.json").write_text("{")  # a live run's partial record: not exported
+    ev = tmp_path / "store" / "evaluations" / ("ab" * 16 + ".pt")  # a kept score (apnb.evalcache)
+    ev.parent.mkdir(parents=True)
+    torch.save({"row": "{}", "maps": torch.ones(2, 2)}, ev)
     out = tmp_path / "demo.tar"
     man = bundle.export(out, "demo", runs=runs, store=st.root)
     return {"store": st, "keys": keys, "bundle": out, "manifest": man, "tmp": tmp_path}
@@ -74,7 +77,8 @@ def _manifest_for(members: dict[str, bytes], base: dict) -> dict:
             m["entries"].setdefault(e, {"files": {}, "precision": "fp32"})["files"][f] = {"sha256": _sha(data),
                                                                                         "bytes": len(data)}
         else:
-            m["records"][name] = {"sha256": _sha(data), "bytes": len(data)}
+            m["evaluations" if name.startswith("evaluations/") else "records"][name] = {"sha256": _sha(data),
+                                                                                       "bytes": len(data)}
     return m
 
 
@@ -96,6 +100,8 @@ def test_round_trip(built, tmp_path):
         assert (dest / e / "final.pt").read_bytes() == (built["store"].root / e / "final.pt").read_bytes()
         assert json.loads((dest / e / "cfg.json").read_text())["role"] == "student"
     assert not (dest / keys[2]).exists()
+    assert r["evaluations"] == 1 and (dest.parent / "evaluations" / ("ab" * 16 + ".pt")).read_bytes() == \
+        (built["tmp"] / "store" / "evaluations" / ("ab" * 16 + ".pt")).read_bytes()
     assert len(list(r["records"].glob("*.results.json"))) == 2 and (r["records"] / "MANIFEST.json").exists()
     # the imported networks are what the store serves: the same weights load under the same key
     net = nn.Linear(4, 3)
@@ -204,7 +210,8 @@ def test_member_outside_store(built, tmp_path, case):
     _untouched(dest)
 
 
-def test_pickle_that_runs_code_is_refused(built, tmp_path):
+@pytest.mark.parametrize("target", ["final.pt", "evaluations/"])
+def test_pickle_that_runs_code_is_refused(built, tmp_path, target):
     """A forger can rewrite the manifest's sums; ``weights_only=True`` still refuses a pickle that calls."""
     class Boom:
         def __reduce__(self):
@@ -212,11 +219,11 @@ def test_pickle_that_runs_code_is_refused(built, tmp_path):
 
     mem = _members(built["bundle"])
     man = json.loads(mem.pop("MANIFEST.json"))
-    name = next(n for n in mem if n.endswith("final.pt"))
+    name = next(n for n in mem if n.endswith(target) or n.startswith(target))
     mem[name] = pickle.dumps(Boom())
     bad = _write(tmp_path / "bad.tar", mem, _manifest_for(mem, man))
     dest = tmp_path / "class" / "checkpoints"
-    with pytest.raises(BundleError, match="does not load as weights"):
+    with pytest.raises(BundleError, match="does not load as"):
         bundle.import_bundle(bad, dest)
     assert not (tmp_path / "PWNED").exists()
     _untouched(dest)
