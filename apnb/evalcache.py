@@ -29,7 +29,7 @@ import torch
 from . import records
 from .config import atomic_torch_save, store_dir
 
-__all__ = ["key", "get", "put", "CODE", "enabled"]
+__all__ = ["key", "get", "put", "CODE", "enabled", "code_hash", "fingerprint"]
 
 PKG = Path(__file__).resolve().parent
 CODE = ("evaluate.py", "metrics.py", "models.py", "attribution.py", "gradcam.py", "quantization.py",

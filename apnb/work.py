@@ -23,7 +23,8 @@ import contextlib
 import os
 import time
 
-__all__ = ["enable", "phase", "take", "pending", "machine_rate", "flop"]
+__all__ = ["enable", "enabled", "from_env", "phase", "take", "pending", "flop", "machine_rate", "cpu_name",
+           "chapter_plan", "book_plan", "plan_lines"]
 
 _COUNTS = {"train": [0, 0], "eval": [0, 0]}  # phase -> [MACs without gradient, MACs with gradient]
 _STATE = {"phase": "eval", "handle": None}
