@@ -35,6 +35,7 @@ from . import records, report
 from .config import atomic_write_text, resolve_device
 from .data import splits as D
 from .store import Store, config_key
+from .work import cpu_name
 
 P1 = {"AUC": 0.85, "point_acc_tol": 0.60, "mAP": 0.85, "mAP_nocue": 0.80}
 P2 = {"map_loss_max": 0.15, "auc_drop_min": 0.04, "point_drop_min": 0.08}
@@ -144,10 +145,11 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
             continue
         s = deep_merge(plan["base"], step.get("changes", {}))
         stage = step.get("stage", "teacher")
+        role = step.get("role", stage)  # a step that compares a variant (precision) keeps its rows apart
         grid = [(m, float(b)) for m in step.get("methods", []) for b in step.get("betas", [])] or [(None, None)]
         for (method, beta), seed in [(g, sd) for g in grid for sd in step["seeds"]]:
             tseed = step.get("teacher_seed", seed) if stage != "teacher" else None
-            key = (step["name"], stage, seed, tseed, method, beta)
+            key = (step["name"], role, seed, tseed, method, beta)
             if key in done:
                 continue
             if stage == "beta" and _missed_below(rec["rows"], step, method, beta):
@@ -169,8 +171,8 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
                                 if k not in ("settings", "why")}))
                 continue
             t_row, t_loc = E.evaluate_model(teacher, data, device=dev)
-            row = {"step": step["name"], "role": stage, "seed": seed, "teacher_seed": tseed,
-                   "settings": config_key(s), "why": step.get("why", "")}
+            row = {"step": step["name"], "role": role, "seed": seed, "teacher_seed": tseed,
+                   "settings": config_key(s), "why": step.get("why", ""), "cpu": cpu_name()}
             if stage == "teacher":
                 pre = [h for h in info["history"] if h.get("phase") == "pretrain"]
                 row.update({k: t_row[k] for k in TEACHER_COLS}, seconds=round(t_s, 1),
@@ -256,9 +258,10 @@ def tried(rec: dict, plan: dict | None = None):
     for st in (plan or {}).get("steps", []):
         whys.setdefault((st["name"], st.get("stage", "teacher")), []).append(st.get("why", ""))
     for (step, role), rs in by.items():
-        if role == "teacher":
+        base = role.split("_")[0]  # teacher_bf16, kd_bf16: the precision check's rows, judged alike
+        if base == "teacher":
             outcome = f"P1 holds on {sum(r['p1'] for r in rs)} of {len(rs)} seeds"
-        elif role in ("kd", "structured"):
+        elif base in ("kd", "structured"):
             outcome = "P2 " + ("holds" if p2_summary(rs[0]["teacher"], rs)["holds"] else "does not hold") + \
                       f" ({len(rs)} seeds)"
         else:
@@ -287,6 +290,46 @@ def frozen_teacher_step(rec: dict) -> str:
     """The teacher step whose setting the naive students were calibrated on (the frozen recipe)."""
     kd = [r for r in rec["rows"] if r["role"] == "kd"]
     return next(r["step"] for r in rec["rows"] if r["role"] == "teacher" and r["settings"] == kd[0]["settings"])
+
+
+PRECISION_COLS = ["mAP", "AUC", "point_acc_tol", "cos_top1"]
+
+
+def precision_table(rec: dict, variant: str = "bf16"):
+    """fp32 against ``variant`` on the calibration seeds both ran (the premises' networks only: the frozen
+    teacher step and the frozen naive KD step against the rows of roles ``teacher_<variant>`` and
+    ``kd_<variant>``). Per network and metric: the fp32 and variant means over the shared seeds, their mean
+    paired difference (variant minus fp32), the fp32 seed standard deviation over every seed of its step,
+    and whether the difference lies within that spread. Also returns whether P1 holds on every variant
+    teacher and whether P2 holds for the variant students. Empty when the variant steps have not run."""
+    import pandas as pd
+
+    out, premises = [], {}
+    frozen_t = frozen_teacher_step(rec)
+    kd_rows, _ = p2_rows(rec, "kd")
+    pairs = [("teacher", [r for r in rec["rows"] if r["role"] == "teacher" and r["step"] == frozen_t]),
+             ("naive KD", kd_rows)]
+    for (label, fp32), role in zip(pairs, (f"teacher_{variant}", f"kd_{variant}")):
+        var = [r for r in rec["rows"] if r["role"] == role]
+        if not var:
+            continue
+        if role.startswith("teacher"):
+            premises["P1"] = all(r["p1"] for r in var)
+        else:
+            premises["P2"] = p2_summary(var[0]["teacher"], var)["holds"]
+        f_by, v_by = {r["seed"]: r for r in fp32}, {r["seed"]: r for r in var}
+        seeds = sorted(set(f_by) & set(v_by))
+        for m in PRECISION_COLS:
+            if m not in var[0] or not seeds:
+                continue
+            f = np.array([f_by[s][m] for s in seeds])
+            v = np.array([v_by[s][m] for s in seeds])
+            sd = float(np.std([r[m] for r in fp32], ddof=1)) if len(fp32) > 1 else float("nan")
+            d = float((v - f).mean())
+            out.append({"network": label, "metric": m, "seeds": len(seeds), "fp32": float(f.mean()),
+                        variant: float(v.mean()), "difference": d, "fp32 seed sd": sd,
+                        "within the spread": bool(abs(d) <= sd) if sd == sd else None})
+    return pd.DataFrame(out), premises
 
 
 def p2_rows(rec: dict, role: str) -> tuple[list[dict], dict]:

@@ -100,3 +100,38 @@ def test_p2_table_reads_the_summary():
     st = [{"mAP": 0.82 + 0.002 * i, "mAP_nocue": 0.6, "AUC": 0.8 + 0.003 * i, "point_acc_tol": 0.7 + 0.01 * i} for i in range(5)]
     html = p2_table(p2_summary(t, st)).to_html()
     assert "this run (5 seeds)" in html and html.count("True") == 4 and ">0<" not in html
+
+
+def test_precision_table_pairs_seeds_and_keeps_the_variant_apart():
+    """The bf16 rows are compared seed by seed with the frozen fp32 steps, beside the fp32 seed spread, and
+    enter neither the frozen steps nor the beta rule."""
+    t = {"mAP": 0.9, "mAP_nocue": 0.88, "AUC": 0.9, "point_acc": 0.7, "point_acc_tol": 0.85}
+
+    def teacher(step, role, seed, auc, p1=True):
+        return {"step": step, "role": role, "seed": seed, "settings": "s" if role == "teacher" else "b",
+                **t, "AUC": auc, "p1": p1}
+
+    def kd(step, role, seed, m):
+        return {"step": step, "role": role, "seed": seed, "settings": "s" if role == "kd" else "b", "teacher": t,
+                "mAP": m, "mAP_nocue": m - 0.2, "AUC": 0.8, "point_acc": 0.4, "point_acc_tol": 0.6,
+                "cos": 0.8, "cos_top1": 0.7}
+
+    rows = [teacher("A teacher", "teacher", s, a) for s, a in [(100, 0.90), (101, 0.92), (102, 0.94)]]
+    rows += [kd("A naive KD", "kd", 100 + i, 0.80 + 0.01 * i) for i in range(5)]
+    rows += [teacher("bf16 teacher", "teacher_bf16", s, a) for s, a in [(100, 0.91), (101, 0.93)]]
+    rows += [kd("bf16 naive KD", "kd_bf16", 100 + i, 0.76 + 0.01 * i) for i in range(5)]  # P2 needs 5 seeds
+    rec = {"rows": rows}
+    assert K.frozen_teacher_step(rec) == "A teacher" and K.p2_rows(rec, "kd")[0][0]["step"] == "A naive KD"
+    tab, premises = K.precision_table(rec)
+    auc = tab[(tab.network == "teacher") & (tab.metric == "AUC")].iloc[0]
+    assert auc.seeds == 2 and auc.fp32 == pytest.approx(0.91) and auc.bf16 == pytest.approx(0.92)
+    assert auc.difference == pytest.approx(0.01) and auc["fp32 seed sd"] == pytest.approx(0.02)
+    assert auc["within the spread"]
+    m = tab[(tab.network == "naive KD") & (tab.metric == "mAP")].iloc[0]
+    assert m.difference == pytest.approx(-0.04) and not m["within the spread"]
+    assert "cos_top1" not in set(tab[tab.network == "teacher"].metric)
+    assert premises == {"P1": True, "P2": True}
+    tried = K.tried(rec)
+    assert tried.set_index("step").loc["bf16 teacher", "outcome"] == "P1 holds on 2 of 2 seeds"
+    assert tried.set_index("step").loc["bf16 naive KD", "outcome"].startswith("P2 ")
+    assert K.precision_table({"rows": rows[:8]})[0].empty
