@@ -237,7 +237,7 @@ def import_bundle(bundle: str | os.PathLike, store: str | os.PathLike | None = N
                 added.append(e)
         for e in added:  # every check passed: move each entry in under its lock
             src = tmp / "checkpoints" / e
-            with _entry_lock(st, e):
+            with st.entry_lock(e):
                 dst = st.root / e
                 if (dst / "final.pt").exists():
                     continue  # trained here meanwhile by another process: keep it
@@ -262,8 +262,3 @@ def import_bundle(bundle: str | os.PathLike, store: str | os.PathLike | None = N
         atomic_write_text(dest / MANIFEST, (tmp / MANIFEST).read_text())
     return {"added": added, "present": same, "records": dest, "evaluations": scores}
 
-
-def _entry_lock(st, entry: str):
-    from filelock import FileLock
-
-    return FileLock(str(st.root / f"{entry}.lock"))

@@ -56,16 +56,20 @@ class Store:
         """An exclusive OS lock on one entry (``<root>/<kind>-<hash>.lock``), held while the entry is loaded
         or trained: a second process waits, then finds the finished network. ``fcntl`` locks are released
         by the kernel when their process dies, so a killed trainer leaves nothing that blocks."""
-        from filelock import FileLock
-
         if not self.writable():
             if (self.root / self.entry(kind, cfg) / "final.pt").exists():
                 return contextlib.nullcontext()  # read-only: nothing can change the finished entry under us
             raise StoreError(f"the store {self.root} is read-only and lacks {kind} {self.entry(kind, cfg)}: point "
                              f"APNB_STORE at a writable folder (the networks it lacks are trained there), or ask "
                              f"its owner to build this profile into it")
+        return self.entry_lock(self.entry(kind, cfg), timeout)
+
+    def entry_lock(self, entry: str, timeout: float = -1):
+        """The OS lock of the entry named ``entry`` (``<root>/<entry>.lock``), for a writable store."""
+        from filelock import FileLock
+
         self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.root / f"{self.entry(kind, cfg)}.lock"), timeout=timeout)
+        return FileLock(str(self.root / f"{entry}.lock"), timeout=timeout)
 
     def save(self, kind: str, cfg: dict, model: nn.Module, extra: dict | None = None) -> Path:
         p = self.dir(kind, cfg) / "final.pt"

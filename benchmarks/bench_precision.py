@@ -14,14 +14,13 @@ Name the CPU (printed first) beside any figure quoted from it.
 """
 import argparse
 import multiprocessing as mp
-import platform
-import subprocess
 import time
 
 import torch
 
 from apnb import models as M
 from apnb import precision as P
+from apnb import work
 from apnb.engine import Compress, Supervised, TrainConfig, make_optimizer
 from apnb.matching import AttributionMatching
 
@@ -31,12 +30,7 @@ BATCH, SIZE = 32, 64
 
 
 def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        name = next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
-    except (OSError, StopIteration, subprocess.SubprocessError):
-        name = platform.processor() or "unknown CPU"
-    return f"{name}, {torch.backends.cpu.get_cpu_capability()}, bf16 arithmetic (amx_bf16 or avx512_bf16) {'yes' if P.cpu_has_bf16() else 'no'}"
+    return f"{work.cpu_name()}, bf16 arithmetic (amx_bf16 or avx512_bf16) {'yes' if P.cpu_has_bf16() else 'no'}"
 
 
 def _batch(seed=0):
