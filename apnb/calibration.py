@@ -237,7 +237,37 @@ def beta_rule(rows: list[dict], tolerance: float = 0.02) -> dict:
     return out
 
 
+def beta_edge(rows: list[dict], tolerance: float = 0.02) -> list[dict]:
+    """Where :func:`beta_rule` stopped, per method: the chosen beta and the next one up the grid, with the mean
+    mAP of the matched students at each (over the beta stage's seeds, which the record names) and the drop
+    between them. Methods whose chosen beta is the top of the grid, or that have none, are left out."""
+    chosen = beta_rule(rows, tolerance)
+    out = []
+    for m, ch in chosen.items():
+        rs = [r for r in rows if r["role"] == "beta" and r["method"] == m]
+        grid = sorted({r["beta"] for r in rs})
+        if ch is None or grid.index(ch) + 1 >= len(grid):
+            continue
+        nxt = grid[grid.index(ch) + 1]
+        at = {b: float(np.mean([r["mAP"] for r in rs if r["beta"] == b])) for b in (ch, nxt)}
+        out.append({"method": m, "beta": ch, "next_beta": nxt, "mAP": at[ch], "mAP_next": at[nxt],
+                    "drop": at[ch] - at[nxt], "seeds": sorted({r["seed"] for r in rs})})
+    return out
+
+
 # ------------------------------------------------------------------ reading the record (the book's page)
+def book_record(profile: str) -> dict | None:
+    """The calibration record behind the demo benchmark (``record`` of ``profiles/calibrate.yml``), whose seed
+    spread gives the paper chapters' minimum detectable effects (:func:`apnb.claims.calibration_sd`); None for
+    any other profile, whose data the calibration did not see, or when the record is absent."""
+    if profile != "demo":
+        return None
+    from .config import resolve_path
+
+    p = resolve_path(load_plan()["record"])
+    return json.loads(p.read_text()) if p.exists() else None
+
+
 def load_record(path: str | Path) -> dict:
     p = Path(path)
     if not p.exists():

@@ -47,3 +47,47 @@ def seed_panels(df: pd.DataFrame, metrics: Sequence[str], x: str = "method", ord
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig, axes
+
+
+def forest(decided: pd.DataFrame, title: str | None = None):
+    """The forest plot of a chapter's decided claims (:func:`apnb.claims.decide_chapter`): one line per claim
+    tested, its effect ``b - a`` in points (raw scores such as cosines times 100) with the 95 % interval, 0 as a
+    grey line and the claim's margin in red (a non-inferiority bound on its side; an equivalence band both ways).
+    Premises are drawn in grey, manipulation checks and descriptions are left out. Returns the figure."""
+    import numpy as np
+
+    test = decided["test_name"] if "test_name" in decided else decided["test"]  # a scorecard names it test_name
+    d = decided[decided.kind.isin(["claim", "premise"]) & (test != "estimate")].assign(test=test).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * max(len(d), 1) + 1.1))
+    if d.empty:
+        ax.text(0.5, 0.5, "no claim tested in this run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    y = np.arange(len(d))[::-1]
+    for yi, r in zip(y, d.itertuples()):
+        est, lo, hi = (100 * float(v) for v in (r.estimate, r.lo, r.hi))
+        if math.isnan(est):
+            continue
+        colour = "0.55" if r.kind == "premise" else ("C0" if r.family == "primary" else "C2")
+        if not math.isnan(lo):
+            ax.plot([lo, hi], [yi, yi], c=colour, lw=2)
+        ax.plot([est], [yi], "o", c=colour, ms=5)
+        m = r.margin
+        if m is not None and not (isinstance(m, float) and math.isnan(m)):
+            m = 100 * m
+            if r.test in ("equivalence", "restores"):
+                ax.plot([-m, -m], [yi - 0.35, yi + 0.35], c="C3", lw=1.5)
+                ax.plot([m, m], [yi - 0.35, yi + 0.35], c="C3", lw=1.5)
+            elif r.test == "noninferiority":
+                ax.plot([-r.sign * m] * 2, [yi - 0.35, yi + 0.35], c="C3", lw=1.5)
+            else:  # a premise's minimum effect
+                ax.plot([r.sign * m] * 2, [yi - 0.35, yi + 0.35], c="C3", lw=1, ls=":")
+    ax.axvline(0, c="0.6", lw=1)
+    labels = [f"{r.claim_id} ({r.test}{', premise' if r.kind == 'premise' else ''})" for r in d.itertuples()]
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel("effect b - a, points (cosines x 100); red: margin", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

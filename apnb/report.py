@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pandas as pd
@@ -56,10 +55,10 @@ def paired_diff(a, b) -> dict:
 class Verdict(str):
     """A verdict sentence (what :func:`verdict` and :func:`note` return) that also carries its parts, so that a
     table can show them without parsing the sentence: ``study`` (the question of the studies it answers, or
-    None in a paper chapter), ``claim`` (what is compared), ``paper`` (the paper's direction or number, from a
-    trailing ``(paper: ...)`` of the claim, else None), ``ours`` (our estimate), ``finding`` (supports /
-    contradicts / not resolved ...) and ``answer`` (the sentence without its ``study:`` prefix, as a summary
-    table shows it under the study's name)."""
+    None), ``claim`` (what is compared), ``paper`` (the paper's direction or number, given by the caller, else
+    None), ``ours`` (our estimate), ``finding`` (supports / contradicts / not resolved ...) and ``answer`` (the
+    sentence without its ``study:`` prefix, as a summary table shows it under the study's name). The paper
+    chapters' verdicts come from the claims table instead (:func:`apnb.claims.finish`)."""
 
     study: str | None
     claim: str
@@ -68,11 +67,10 @@ class Verdict(str):
     finding: str
     answer: str
 
-    def __new__(cls, text: str, what: str, ours: str, finding: str, study: str | None = None):
+    def __new__(cls, text: str, what: str, ours: str, finding: str, study: str | None = None,
+                paper: str | None = None):
         obj = super().__new__(cls, f"{study}: {text}" if study else text)
-        m = re.search(r"\s*\(paper[:,]\s*(.*)\)\s*$", what)
-        obj.claim = what[:m.start()] if m else what
-        obj.paper = m.group(1) if m else None
+        obj.claim, obj.paper = what, paper
         obj.ours, obj.finding, obj.study = ours, finding, study
         obj.answer = text
         return obj
@@ -85,46 +83,47 @@ def note(text: str, study: str | None = None, claim: str | None = None) -> Verdi
     return Verdict(text, claim or text.split(":", 1)[0][:70].strip(), "", "", study)
 
 
-def verdict(diff: dict, what: str, paper_sign: int | None = 1, study: str | None = None) -> Verdict:
-    """One sentence: does a paired difference support the paper's direction, contradict it, or not resolve it?
-
-    ``paper_sign``: +1 the paper reports an increase, -1 a decrease, 0 no change (then an interval that
-    excludes 0 contradicts it), ``None`` the paper makes no claim (the sentence only says which side of 0
-    the interval lies on). ``what`` may end in ``(paper: ...)``, the paper's direction or number. ``study``:
-    the question of the studies the sentence answers (it then reads ``study: what: ...``)."""
+def verdict(diff: dict, what: str, paper_sign: int | None = 1, study: str | None = None,
+            paper: str | None = None) -> Verdict:
+    """One sentence for a question beyond the paper's claims (the studies): which side of 0 a paired
+    difference's 95 % interval lies on. ``paper_sign``: +1 or -1, the direction a source reports (the
+    sentence then says whether it supports it), ``None`` no direction claimed. A "no change" claim is refused:
+    it needs an equivalence test with a margin (a row of ``apnb/claims.yml``, decided by
+    :func:`apnb.claims.finish`), not an interval that happens to cover 0. ``paper``: the source's number or
+    direction, shown beside ours. ``study``: the question of the studies the sentence answers."""
+    if paper_sign == 0:
+        raise ValueError(f"{what!r}: 'no change' is an equivalence claim with a margin; add it to apnb/claims.yml "
+                         "with test: equivalence instead of paper_sign=0")
     mu, half, n = diff["diff"], diff["ci"], diff["n"]
     if mu is None or math.isnan(mu):
-        return Verdict(f"{what}: no data.", what, "no data", "no data", study)
+        return Verdict(f"{what}: no data.", what, "no data", "no data", study, paper)
     if n < 2 or math.isnan(half):
         return Verdict(f"{what}: {mu:+.3f} from a single seed, so no interval; this run cannot settle it.", what,
-                       f"{mu:+.3f} (one seed)", "one seed: not settled", study)
+                       f"{mu:+.3f} (one seed)", "one seed: not settled", study, paper)
     lo, hi = mu - half, mu + half
     ours = f"{mu:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n={n})"
     if paper_sign is None:
         side = "positive" if lo > 0 else "negative" if hi < 0 else None
-        finding = f"{side}: the interval excludes 0" if side else "the interval includes 0: not resolved here"
-    elif paper_sign == 0:
-        finding = ("the interval includes 0: consistent with the paper's 'no change'" if lo <= 0 <= hi
-                   else "a difference that excludes 0: contradicts the paper's 'no change'")
+        finding = f"{side}: the interval excludes 0" if side else f"the interval includes 0: not resolved at n = {n}"
     else:
         s_lo, s_hi = sorted((paper_sign * lo, paper_sign * hi))
         finding = ("supports the paper's direction" if s_lo > 0 else "contradicts the paper's direction" if s_hi < 0
-                   else "the interval includes 0: not resolved here")
-    return Verdict(f"{what}: {ours} — {finding}.", what, ours, finding, study)
+                   else f"the interval includes 0: not resolved at n = {n}")
+    return Verdict(f"{what}: {ours} — {finding}.", what, ours, finding, study, paper)
 
 
-def verdict_rows(lines, scorecard=(), study: str | None = None, **extra) -> list[dict]:
+def verdict_rows(lines, study: str | None = None, **extra) -> list[dict]:
     """Run-record rows (table ``verdict``) for :class:`Verdict` lines, each with its parts: ``study`` (the
     line's own, else the ``study`` given here), ``claim``, ``paper``, ``ours``, ``finding``, ``answer`` and
-    the sentence as ``value``. The lines at the indices in ``scorecard`` are marked for the book's
-    reproduction scorecard (:func:`scorecard`). ``extra`` goes into every row. A plain string is refused
-    (make it a :func:`note`), so that no reader has to parse a sentence."""
+    the sentence as ``value``. ``extra`` goes into every row. A plain string is refused (make it a
+    :func:`note`), so that no reader has to parse a sentence. None of these rows reaches the scorecard,
+    which holds the claims table's primary rows only (:func:`scorecard`)."""
     rows = []
     for i, line in enumerate(lines):
         if not isinstance(line, Verdict):
             raise TypeError(f"verdict line {i} is a plain string ({str(line)[:60]!r}...): make it report.note(...)")
         rows.append({**extra, "study": line.study or study, "claim": line.claim, "paper": line.paper,
-                     "ours": line.ours, "finding": line.finding, "answer": line.answer, "scorecard": i in scorecard,
+                     "ours": line.ours, "finding": line.finding, "answer": line.answer, "scorecard": False,
                      "metric": "text", "value": str(line)})
     return rows
 
@@ -139,22 +138,51 @@ def study_answers(rec: dict, study: str) -> str:
     return " ".join(r["answer"] for r in rows)
 
 
-def scorecard(records: dict[str, dict], titles: dict[str, str]) -> pd.DataFrame:
-    """The reproduction scorecard: one row per verdict line marked ``scorecard`` in each chapter's run record
-    (``records``: notebook stem -> record), in ``titles`` order, with the paper's number, ours, the verdict,
-    the chapter and its notebook. A record written before verdicts carried their parts is a clear error."""
+def _claim_rows(records: dict[str, dict], titles: dict[str, str], keep) -> pd.DataFrame:
+    from . import claims
+
     rows = []
     for nb, title in titles.items():
         rec = records[nb]
-        marked = [r for r in rec["rows"] if r.get("table") == "verdict" and r.get("scorecard")]
-        if not marked:
-            raise ValueError(f"the run record of {nb} marks no scorecard line (it predates them): re-run it with "
-                             f"`apnb run notebooks/{nb}.ipynb --force`")
-        for r in marked:
-            rows.append({"chapter": title, "claim": r["claim"],
-                         "the paper": r.get("paper") or "", "ours (mean, 95% CI)": r.get("ours") or "",
-                         "verdict": r.get("finding") or "", "commit": rec.get("commit", "")[:7], "notebook": nb})
+        got = [r for r in rec["rows"] if r.get("table") == "verdict" and r.get("base_id")]
+        if not got:
+            raise ValueError(f"the run record of {nb} holds no claims-table verdict (it predates apnb/claims.yml): "
+                             f"re-run it with `apnb run notebooks/{nb}.ipynb --force`")
+        for c in claims.for_chapter(nb):
+            if not keep(c):
+                continue
+            mine = [r for r in got if r["base_id"] == c.id] or [None]
+            for r in mine:
+                m = c.margin * c.scale if c.margin is not None else None
+                test = c.test + (f", margin {m:g}" + ((" point" if m == 1 else " points") if c.unit == "points" else "")
+                                 if m is not None else "")
+                rows.append({"chapter": title, "claim": c.statement, "test": test,
+                             "the paper": (r or {}).get("paper") or "",
+                             "ours (mean, 95% CI)": (r or {}).get("ours") or "not recorded",
+                             "verdict": (r or {}).get("finding") or "not run", "commit": rec.get("commit", "")[:7],
+                             "notebook": nb,
+                             # the numbers, for the forest plot (apnb.plots.forest); not shown in the table
+                             "claim_id": (r or {}).get("claim_id", c.id), "kind": c.kind, "family": c.family,
+                             "test_name": c.test, "sign": c.sign, "margin": c.margin,
+                             **{k: (r or {}).get(k, float("nan")) for k in ("estimate", "lo", "hi")}})
     return pd.DataFrame(rows)
+
+
+SCORECARD_COLUMNS = ("chapter", "claim", "test", "the paper", "ours (mean, 95% CI)", "verdict")
+
+
+def scorecard(records: dict[str, dict], titles: dict[str, str]) -> pd.DataFrame:
+    """The reproduction scorecard: exactly the primary claim rows of the claims table (``apnb/claims.yml``) of
+    the chapters in ``titles`` (notebook stem -> title), in table order, each with its test and margin, the
+    paper's effect, ours and the verdict its chapter recorded (``records``: stem -> run record). Premises are
+    not on it (:func:`premises`). A record written before the claims table is a clear error."""
+    return _claim_rows(records, titles, lambda c: c.scored)
+
+
+def premises(records: dict[str, dict], titles: dict[str, str]) -> pd.DataFrame:
+    """The premises of the claims table, as each chapter's run re-checked them: held by calibration, so shown
+    apart from the scorecard and never counted as support."""
+    return _claim_rows(records, titles, lambda c: c.kind == "premise")
 
 
 def paired_by_seed(df: pd.DataFrame, metric: str, a: str, b: str, col: str = "method") -> dict:
@@ -263,17 +291,10 @@ def one_sample_diff(values) -> dict:
 
 
 def holm(pvalues) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (family-wise error control over several paired comparisons)."""
-    p = [float(v) for v in pvalues]
-    order = sorted(range(len(p)), key=lambda i: (math.isnan(p[i]), p[i]))
-    out, running = [float("nan")] * len(p), 0.0
-    m = sum(not math.isnan(v) for v in p)
-    for rank, i in enumerate(order):
-        if math.isnan(p[i]):
-            continue
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out
+    """Holm-Bonferroni adjusted p-values (:func:`apnb.inference.holm`)."""
+    from .inference import holm as _holm
+
+    return _holm(pvalues)
 
 
 def pointing_findings(hits: dict[str, float], n_pairs: int, reference: str = "full") -> str:
@@ -297,7 +318,7 @@ def scorecard_html(card: pd.DataFrame, href: str = "../notebooks/{notebook}.html
     the page that shows it: the default works from ``book/`` and ``notebooks/`` alike)."""
     import html
 
-    shown = card.drop(columns=["commit", "notebook"]).map(lambda v: html.escape(str(v)))
+    shown = card[list(SCORECARD_COLUMNS)].map(lambda v: html.escape(str(v)))
     shown["chapter"] = [f'<a href="{href.format(notebook=n)}">{html.escape(t)}</a>'
                         for n, t in zip(card.notebook, card.chapter)]
     return shown.to_html(index=False, escape=False, border=0, classes="scorecard")

@@ -58,6 +58,10 @@ def test_beta_rule_largest_beta_within_two_points_of_naive():
     # the walk ends at the first miss: a larger beta that happens to pass again is not taken
     rows += [{"role": "beta", "method": "swa", "beta": 300.0, "seed": s, "mAP": 0.80} for s in (0, 1)]
     assert K.beta_rule(rows)["swa"] == 10.0
+    # where the rule stopped: the chosen beta against the next one up, with the mAP drop and the seeds
+    edge = {e["method"]: e for e in K.beta_edge(rows)}
+    assert set(edge) == {"swa"} and (edge["swa"]["beta"], edge["swa"]["next_beta"]) == (10.0, 30.0)
+    assert edge["swa"]["drop"] == pytest.approx(0.015) and edge["swa"]["seeds"] == [0, 1]
 
 
 def test_deep_merge():

@@ -71,6 +71,12 @@ def test_distillation_record_structure():
     runs = {(r["student"], r["method"], r["seed"]) for r in rec["rows"] if r["table"] == "runs"}
     main = [s for s in runs if s[0] == f"VGG16/{p['kd']['div']}"]
     assert len(main) == len(p["methods"]) * len(p["seeds"])
+    # its verdicts are exactly the claims table's rows of this chapter, decided (apnb.claims.finish)
+    from apnb import claims
+
+    ids = [r["base_id"] for r in rec["rows"] if r["table"] == "verdict" and r.get("base_id")]
+    assert ids == [c.id for c in claims.for_chapter("01_voc_distillation")]
+    assert all(r["finding"] for r in rec["rows"] if r["table"] == "verdict")
     store = rec["store"]  # the execution page's counts: at least the teacher is reloaded from the store
     assert store.get("loaded", 0) >= 1 and store.get("trained", 0) + store.get("loaded", 0) >= 1 + len(runs)
 

@@ -31,9 +31,9 @@ def test_paired_diff_and_verdicts():
     assert "contradicts" in report.verdict({"diff": 0.1, "ci": 0.05, "n": 3}, "x", -1)
     assert "includes 0" in report.verdict({"diff": 0.046, "ci": 0.061, "n": 3}, "x", -1)
     assert "positive: the interval excludes 0" in report.verdict({"diff": 0.1, "ci": 0.05, "n": 3}, "x", None)
-    # the paper reports no change (paper_sign 0)
-    assert "consistent" in report.verdict({"diff": 0.01, "ci": 0.02, "n": 3}, "x", 0)
-    assert "contradicts" in report.verdict({"diff": -0.01, "ci": 0.008, "n": 3}, "x", 0)
+    # "no change" is an equivalence claim with a margin (apnb/claims.yml), never an interval that covers 0
+    with pytest.raises(ValueError, match="equivalence"):
+        report.verdict({"diff": 0.01, "ci": 0.02, "n": 3}, "x", 0)
 
 
 def test_side_by_side_labels_paper_rows():
@@ -63,25 +63,19 @@ def test_pointing_findings_hand_case():
     assert "nothing to compare" in report.pointing_findings({"full": 0.0}, 0)
 
 
-def test_verdict_carries_its_parts_and_the_scorecard_reads_them():
-    v = report.verdict({"diff": -0.1, "ci": 0.05, "n": 5, "p": 0.01}, "Drift: naive AUC minus teacher AUC (paper: negative, -8.8 points)", -1)
-    assert str(v) == ("Drift: naive AUC minus teacher AUC (paper: negative, -8.8 points): -0.100 (95% CI -0.150 to -0.050, "
+def test_verdict_carries_its_parts_without_reading_its_text():
+    v = report.verdict({"diff": -0.1, "ci": 0.05, "n": 5, "p": 0.01}, "Drift: naive AUC minus teacher AUC", -1,
+                       paper="negative, -8.8 points")
+    assert str(v) == ("Drift: naive AUC minus teacher AUC: -0.100 (95% CI -0.150 to -0.050, "
                       "n=5) — supports the paper's direction.")
     assert (v.claim, v.paper, v.finding) == ("Drift: naive AUC minus teacher AUC", "negative, -8.8 points",
                                              "supports the paper's direction")
-    one = report.verdict({"diff": 0.02, "ci": float("nan"), "n": 1, "p": float("nan")}, "SSWA minus naive (paper: positive)")
-    rows = report.verdict_rows([v, one, report.note("a plain line: 3")], scorecard=(0, 1), study="x")
-    assert [r["scorecard"] for r in rows] == [True, True, False] and rows[2]["claim"] == "a plain line"
+    # a "(paper: ...)" inside the claim text is text, not a field
+    assert report.verdict({"diff": 0.1, "ci": 0.05, "n": 3}, "x (paper: positive)").paper is None
+    one = report.verdict({"diff": 0.02, "ci": float("nan"), "n": 1, "p": float("nan")}, "SSWA minus naive")
+    rows = report.verdict_rows([v, one, report.note("a plain line: 3")], study="x")
+    assert [r["scorecard"] for r in rows] == [False, False, False] and rows[2]["claim"] == "a plain line"
     assert rows[1]["ours"] == "+0.020 (one seed)" and all(r["study"] == "x" for r in rows)
-    rec = {"commit": "abcdef123", "rows": [dict(r, table="verdict") for r in rows]}
-    card = report.scorecard({"01_x": rec}, {"01_x": "Distillation"})
-    assert list(card["the paper"]) == ["negative, -8.8 points", "positive"]
-    assert card.chapter[0] == "Distillation" and card.commit[0] == "abcdef1" and card.notebook[0] == "01_x"
-    html = report.scorecard_html(card)
-    assert '<a href="../notebooks/01_x.html">Distillation</a>' in html and "<th>the paper</th>" in html
-    assert "commit" not in html and "&lt;" not in html
-    with pytest.raises(ValueError, match="re-run it"):
-        report.scorecard({"01_x": {"rows": []}}, {"01_x": "Distillation"})
 
 
 def test_study_verdicts_are_structured_and_the_summary_reads_their_answers():
