@@ -134,15 +134,22 @@ class Evidence:
 
 def _values(ev: Evidence, claim: Claim, name: str, where: dict):
     """A network's values of the claim's measure: a Series indexed by seed, or one number (a single teacher)."""
-    if name == "teacher" and ev.teacher is not None:
-        return float(ev.teacher[claim.measure])
     d = ev.df
+    col = claim.col if claim.col in d.columns else ev.col
+    if name == "teacher" and ev.teacher is not None:
+        # the frame's own teacher rows where they hold this measure (per seed: scores on common pairs), else the
+        # chapter's one teacher row
+        own = d[(d[col] == "teacher")] if claim.measure in d else d.iloc[:0]
+        if own.empty or own[claim.measure].isna().all():
+            return float(ev.teacher.get(claim.measure, float("nan")))
     for k, v in where.items():
         d = d[d[k] == v]
-    col = claim.col if claim.col in d.columns else ev.col
     rows = d[d[col] == name]
     if rows.empty:
         return None
+    if claim.measure not in rows:
+        raise KeyError(f"claim {claim.id}: the chapter's frame '{claim.data}' has no column '{claim.measure}' "
+                       f"(it has {sorted(d.columns)})")
     if len(rows) == 1 and ("seed" not in rows or pd.isna(rows["seed"].iloc[0])):
         return float(rows[claim.measure].iloc[0])
     return rows.set_index("seed")[claim.measure].astype(float)

@@ -163,6 +163,32 @@ def mass_shares(loc: LocResult, loc_set, cue) -> dict:
     return {"mass_object": share(obj), "mass_cue": share(background_cue)}
 
 
+def common_pairs(locs: dict) -> dict[str, dict]:
+    """Localization of several networks on the *same* (image, class) pairs: the intersection of the pairs that
+    every network in ``locs`` (name -> :class:`LocResult` on one loc set) predicts correctly. Returns, per
+    name, ``AUC_common``, ``point_acc_common``, ``point_acc_tol_common`` (NaN when the intersection is empty)
+    and ``n_common``. A paired difference of these compares a change of maps only, not also a change of which
+    pairs are counted, as the per-network scores of :meth:`LocResult.summary` do."""
+    names = list(locs)
+    ref = locs[names[0]].pairs
+    for n in names[1:]:
+        p = locs[n].pairs
+        if len(p) != len(ref) or not (p.img.to_numpy() == ref.img.to_numpy()).all() or \
+                not (p.cls.to_numpy() == ref.cls.to_numpy()).all():
+            raise ValueError(f"common_pairs: {n!r} was scored on other (image, class) pairs than {names[0]!r}; "
+                             "score every network on the same loc set")
+    keep = np.logical_and.reduce([locs[n].pairs.predicted.to_numpy(bool) for n in names])
+    out = {}
+    for n in names:
+        p = locs[n].pairs[keep]
+        empty = len(p) == 0
+        out[n] = {"AUC_common": float("nan") if empty else float(p.auc.mean()),
+                  "point_acc_common": float("nan") if empty else float(p.hit.mean()),
+                  "point_acc_tol_common": float("nan") if empty else float(p.hit_tol.mean()),
+                  "n_common": int(keep.sum())}
+    return out
+
+
 def similarity(teacher: LocResult, student: LocResult, strict: bool = True) -> dict:
     """Cosine and normalized l2 of the maps over pairs both networks predict (supplement C.3)."""
     if len(teacher.pairs) != len(student.pairs) or not (teacher.pairs[["img", "cls"]].values

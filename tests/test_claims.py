@@ -65,9 +65,12 @@ def _chapter_frame(effect_auc, effect_map, seeds=(0, 1, 2, 3, 4), seed=0):
             rows.append({"method": m, "seed": s, "AUC": auc, "mAP": mp, "mAP_nocue": mp - 0.2, "point_acc": auc - 0.1,
                          "point_acc_tol": auc, "cos": 0.8, "cos_top1": 0.7})
     df = pd.DataFrame(rows)
+    for m in ("AUC", "point_acc", "point_acc_tol"):  # scores on common pairs: the same numbers here
+        df[m + "_common"] = df[m]
     teacher = {"AUC": 0.90, "mAP": 0.88, "mAP_nocue": 0.87, "point_acc": 0.8, "point_acc_tol": 0.9}
     df["cue_gap"] = df.mAP - df.mAP_nocue
     teacher["cue_gap"] = teacher["mAP"] - teacher["mAP_nocue"]
+    teacher.update({m + "_common": teacher[m] for m in ("AUC", "point_acc", "point_acc_tol")})
     return {"runs": claims.Evidence(df, teacher=teacher)}
 
 
@@ -155,3 +158,27 @@ def test_forest_plot_draws_each_tested_claim():
     assert "kd.sswa.auc (superiority)" in labels and not any("cos_top1" in t for t in labels)
     assert any("premise" in t for t in labels)
     plt.close(fig)
+
+
+def test_common_pairs_scores_every_network_on_the_same_pairs():
+    import torch
+
+    from apnb import evaluate as E
+
+    def loc(pred, auc, hit):
+        pairs = pd.DataFrame({"img": [0, 0, 1, 2], "cls": [1, 2, 0, 1], "predicted": pred, "auc": auc, "hit": hit,
+                              "hit_tol": hit, "auc_void_neg": auc})
+        return E.LocResult(pairs, torch.zeros(4, 2, 2))
+
+    t = loc([True, True, True, False], [0.9, 0.8, 0.7, 0.6], [1, 1, 0, 0])
+    s = loc([True, False, True, True], [0.5, 0.1, 0.3, 0.9], [1, 0, 1, 1])
+    out = E.common_pairs({"teacher": t, "student": s})  # pairs 0 and 2 only
+    assert out["teacher"]["n_common"] == 2 and out["teacher"]["AUC_common"] == pytest.approx(0.8)
+    assert out["student"]["AUC_common"] == pytest.approx(0.4) and out["student"]["point_acc_common"] == 1.0
+    assert s.summary()["AUC"] == pytest.approx(np.mean([0.5, 0.3, 0.9]))  # its own pairs differ
+    none = E.common_pairs({"a": t, "b": loc([False] * 4, [0.5] * 4, [0] * 4)})
+    assert none["a"]["n_common"] == 0 and np.isnan(none["a"]["AUC_common"])
+    other = loc([True] * 4, [0.5] * 4, [0] * 4)
+    other.pairs["cls"] = [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="same loc set"):
+        E.common_pairs({"a": t, "b": other})
