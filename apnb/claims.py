@@ -211,12 +211,16 @@ def evaluate(claim: Claim, ev: Evidence | None, where: dict) -> I.Result | None:
 
 
 def calibration_sd(calibration: dict | None, role: str | None, measure: str) -> float:
-    """The standard deviation of a naive network's ``measure`` over the calibration seeds of ``role``, times
+    """The standard deviation of a naive network's ``measure`` over the calibration seeds of ``role`` (its last
+    step, the frozen recipe; a ``_common`` measure reads the network's own-pair score), times
     sqrt(2): the spread of a paired difference of two such networks if their seed effects were independent (an
     assumption stated beside every minimum detectable effect). NaN without a calibration record."""
     if not calibration or not role:
         return float("nan")
-    v = [r[measure] for r in calibration.get("rows", []) if r.get("role") == role and measure in r]
+    measure = measure.removesuffix("_common")
+    rows = [r for r in calibration.get("rows", []) if r.get("role") == role]
+    step = rows[-1]["step"] if rows else None  # the last step of the role: the frozen recipe, not one tried before
+    v = [r[measure] for r in rows if r["step"] == step and measure in r]
     return float(np.std(v, ddof=1) * math.sqrt(2)) if len(v) >= 2 else float("nan")
 
 
