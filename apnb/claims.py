@@ -301,6 +301,8 @@ def sentence(row: dict) -> str:
     if row["test"] == "restores" and not math.isnan(row.get("recoveredfraction", float("nan"))):
         extra = (f"; it recovers {100 * row['recoveredfraction']:.0f} % of the naive drift (95% CI "
                  f"{100 * row['recoveredlo']:.0f} to {100 * row['recoveredhi']:.0f} %)")
+    if row["scorecard"] and math.isnan(row.get("mde", float("nan"))) and row["n"] >= 2:
+        extra += "; no calibration spread for this comparison, so no minimum detectable effect"
     if row["scorecard"] and not math.isnan(row.get("mde", float("nan"))):
         pe = row.get("paper_effect")
         extra += f"; detectable at n = {row['n']}: {row['mde'] * c_scale:.1f}{unit}"
