@@ -57,7 +57,7 @@ class Claim:
 
     @property
     def scale(self) -> float:
-        return 100.0 if self.unit == "points" else 1.0
+        return _scale(self.unit)
 
     def paper_effect(self) -> float | None:
         """The paper's own ``b - a`` in its table's units (points), or None where the paper prints none."""
@@ -160,9 +160,7 @@ def _paired(a, b) -> np.ndarray:
     if isinstance(a, pd.Series) and isinstance(b, pd.Series):
         common = a.index.intersection(b.index)
         return (b.loc[common] - a.loc[common]).to_numpy()
-    if isinstance(b, pd.Series):
-        return (b - a).to_numpy()
-    if isinstance(a, pd.Series):
+    if isinstance(a, pd.Series) or isinstance(b, pd.Series):
         return (b - a).to_numpy()
     return np.asarray([b - a], float)
 
@@ -224,6 +222,10 @@ def calibration_sd(calibration: dict | None, role: str | None, measure: str) -> 
     return float(np.std(v, ddof=1) * math.sqrt(2)) if len(v) >= 2 else float("nan")
 
 
+def _scale(unit: str) -> float:
+    return 100.0 if unit == "points" else 1.0
+
+
 def _fmt(x: float, scale: float) -> str:
     return "n/a" if x is None or math.isnan(x) else (f"{x * scale:+.1f}" if scale == 100 else f"{x * scale:+.3f}")
 
@@ -244,7 +246,7 @@ def decide_chapter(chapter: str, evidence: dict[str, Evidence], calibration: dic
         for cid, where in _expand(c, ev):
             r = evaluate(c, ev, where)
             results.append(r)
-            paper = c.paper_effect() if not c.each else None
+            paper = c.paper_effect() if c.paper and not c.each else float("nan")
             n = r.n if r else 0
             sd = calibration_sd(calibration, c.mde_from, c.measure)
             rows.append({"claim_id": cid, "base_id": c.id, "chapter": chapter, "claim": c.statement,
@@ -280,15 +282,9 @@ def decide_chapter(chapter: str, evidence: dict[str, Evidence], calibration: dic
 
 def sentence(row: dict) -> str:
     """The Findings line of one decided row, effects in points (or raw units), with test, margin and p."""
-    c_scale = 100.0 if row["unit"] == "points" else 1.0
+    c_scale = _scale(row["unit"])
     unit = " points" if row["unit"] == "points" else ""
-    if math.isnan(row["estimate"]):
-        ours = "no data"
-    elif row["n"] < 2:
-        ours = f"{_fmt(row['estimate'], c_scale)}{unit} from one seed"
-    else:
-        ours = (f"{_fmt(row['estimate'], c_scale)}{unit} (95% CI {_fmt(row['lo'], c_scale)} to "
-                f"{_fmt(row['hi'], c_scale)}, n = {row['n']})")
+    ours = _ours(row, long=True)
     test = row["test"]
     if row.get("margin") is not None and not math.isnan(row["margin"]):
         m = row["margin"] * c_scale
@@ -301,17 +297,14 @@ def sentence(row: dict) -> str:
     if row["test"] == "restores" and not math.isnan(row.get("recoveredfraction", float("nan"))):
         extra = (f"; it recovers {100 * row['recoveredfraction']:.0f} % of the naive drift (95% CI "
                  f"{100 * row['recoveredlo']:.0f} to {100 * row['recoveredhi']:.0f} %)")
-    if row["scorecard"] and math.isnan(row.get("mde", float("nan"))) and row["n"] >= 2:
+    pe, mde = row["paper_effect"], row["mde"] * c_scale
+    if row["scorecard"] and math.isnan(mde) and row["n"] >= 2:
         extra += "; no calibration spread for this comparison, so no minimum detectable effect"
-    if row["scorecard"] and not math.isnan(row.get("mde", float("nan"))):
-        pe = row.get("paper_effect")
-        extra += f"; detectable at n = {row['n']}: {row['mde'] * c_scale:.1f}{unit}"
-        if pe is not None and not (isinstance(pe, float) and math.isnan(pe)) and row["mde"] * c_scale > abs(pe):
+    if row["scorecard"] and not math.isnan(mde):
+        extra += f"; detectable at n = {row['n']}: {mde:.1f}{unit}"
+        if not math.isnan(pe) and mde > abs(pe):
             extra += f", more than the paper's {pe:+.1f}: too few seeds for the paper's effect"
-    paper = ""
-    pe = row.get("paper_effect")
-    if pe is not None and not (isinstance(pe, float) and math.isnan(pe)):
-        paper = f" (paper: {pe:+.1f} points, {row['source']})"
+    paper = "" if math.isnan(pe) else f" (paper: {pe:+.1f} points, {row['source']})"
     return f"**{row['claim']}** [{row['claim_id']}; {test}]{paper}: {ours}{extra} — {row['finding']}."
 
 
@@ -330,9 +323,7 @@ def finish(chapter: str, evidence: dict[str, Evidence], glue_name: str, calibrat
     sentences = [sentence(r) for r in recs]
     for r, s in zip(recs, sentences):
         r.update(table="verdict", metric="text", value=s, answer=s,
-                 paper=(f"{r['paper_effect']:+.1f}" if r.get("paper_effect") is not None
-                        and not (isinstance(r["paper_effect"], float) and math.isnan(r["paper_effect"])) else ""),
-                 ours=_ours(r))
+                 paper="" if math.isnan(r["paper_effect"]) else f"{r['paper_effect']:+.1f}", ours=_ours(r))
     records.log("verdict", [{k: v for k, v in r.items() if k != "table"} for r in recs]
                 + report.verdict_rows(list(notes)))
     premises = [s for r, s in zip(recs, sentences) if r["kind"] == "premise"]
@@ -352,10 +343,14 @@ def finish(chapter: str, evidence: dict[str, Evidence], glue_name: str, calibrat
     return df
 
 
-def _ours(r: dict) -> str:
-    scale = 100.0 if r["unit"] == "points" else 1.0
+def _ours(r: dict, long: bool = False) -> str:
+    """The estimate and its 95 % interval in the claim's unit: short for the scorecard, ``long`` (with the unit
+    and "95% CI") for the Findings line."""
+    scale = _scale(r["unit"])
+    unit = " points" if long and r["unit"] == "points" else ""
     if math.isnan(r["estimate"]):
         return "no data"
     if r["n"] < 2:
-        return f"{_fmt(r['estimate'], scale)} (one seed)"
-    return f"{_fmt(r['estimate'], scale)} ({_fmt(r['lo'], scale)} to {_fmt(r['hi'], scale)}, n = {r['n']})"
+        return f"{_fmt(r['estimate'], scale)}{unit} " + ("from one seed" if long else "(one seed)")
+    ci = f"{_fmt(r['lo'], scale)} to {_fmt(r['hi'], scale)}, n = {r['n']}"
+    return f"{_fmt(r['estimate'], scale)}{unit} (" + ("95% CI " if long else "") + ci + ")"

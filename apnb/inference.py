@@ -41,23 +41,30 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-def _clean(values) -> np.ndarray:
-    v = np.asarray([x for x in np.ravel(np.asarray(values, float)) if not math.isnan(x)], float)
-    return v
+def clean(values) -> np.ndarray:
+    """The values as a flat float array, NaN (and None) dropped."""
+    v = np.ravel(np.asarray(values, float))
+    return v[~np.isnan(v)]
 
 
 def interval(d, level: float = 0.95) -> tuple[float, float, float, int, float]:
     """Mean, two-sided t-interval (lo, hi), n and standard error of the values ``d`` (NaN ends for n < 2)."""
-    d = _clean(d)
+    d = clean(d)
     n = len(d)
     if n == 0:
         return float("nan"), float("nan"), float("nan"), 0, float("nan")
     mu = float(d.mean())
     if n == 1:
         return mu, float("nan"), float("nan"), 1, float("nan")
-    se = float(d.std(ddof=1) / math.sqrt(n))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * se)
-    return mu, mu - half, mu + half, n, se
+    sd = float(d.std(ddof=1))
+    half = half_width(n, sd, level)
+    return mu, mu - half, mu + half, n, sd / math.sqrt(n)
+
+
+def half_width(n: int, sd: float, level: float = 0.95) -> float:
+    """The half-width of the two-sided t-interval at ``level`` for the mean of ``n`` values of standard deviation
+    ``sd`` (NaN for n < 2)."""
+    return float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)) if n >= 2 else float("nan")
 
 
 def _p_above(mu: float, bound: float, se: float, n: int) -> float:
@@ -187,4 +194,4 @@ def mde(sd_diff: float, n: int, alpha: float = ALPHA, power: float = 0.8) -> flo
 
 def headroom_share(x, teacher: float, floor: float) -> float:
     """A localization score as a share of the teacher's headroom over a floor: (x - floor) / (teacher - floor)."""
-    return float((np.mean(_clean(x)) - floor) / (teacher - floor)) if teacher != floor else float("nan")
+    return float((np.mean(clean(x)) - floor) / (teacher - floor)) if teacher != floor else float("nan")

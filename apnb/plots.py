@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -54,8 +55,6 @@ def forest(decided: pd.DataFrame, title: str | None = None):
     tested, its effect ``b - a`` in points (raw scores such as cosines times 100) with the 95 % interval, 0 as a
     grey line and the claim's margin in red (a non-inferiority bound on its side; an equivalence band both ways).
     Premises are drawn in grey, manipulation checks and descriptions are left out. Returns the figure."""
-    import numpy as np
-
     test = decided["test_name"] if "test_name" in decided else decided["test"]  # a scorecard names it test_name
     d = decided[decided.kind.isin(["claim", "premise"]) & (test != "estimate")].assign(test=test).reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * max(len(d), 1) + 1.1))

@@ -11,15 +11,14 @@ from . import records
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
-    """Mean and half-width of the two-sided t confidence interval (NaN half-width for one value)."""
-    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
-    n = len(v)
-    if n == 0:
+    """Mean and half-width of the two-sided t confidence interval (NaN half-width for one value); missing values
+    (None, NaN) are left out. The half-width is :func:`apnb.inference.half_width`, as in the claims' intervals."""
+    from .inference import clean, half_width
+
+    v = clean(values)
+    if len(v) == 0:
         return float("nan"), float("nan"), 0
-    if n == 1:
-        return float(v[0]), float("nan"), 1
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
-    return float(v.mean()), float(half), n
+    return float(v.mean()), half_width(len(v), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), level), len(v)
 
 
 def summarize(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
