@@ -322,10 +322,9 @@ def finish(chapter: str, evidence: dict[str, Evidence], glue_name: str, calibrat
     recs = df.to_dict("records")
     sentences = [sentence(r) for r in recs]
     for r, s in zip(recs, sentences):
-        r.update(table="verdict", metric="text", value=s, answer=s,
+        r.update(metric="text", value=s, answer=s,
                  paper="" if math.isnan(r["paper_effect"]) else f"{r['paper_effect']:+.1f}", ours=_ours(r))
-    records.log("verdict", [{k: v for k, v in r.items() if k != "table"} for r in recs]
-                + report.verdict_rows(list(notes)))
+    records.log("verdict", recs + report.verdict_rows(list(notes)))
     premises = [s for r, s in zip(recs, sentences) if r["kind"] == "premise"]
     claims_ = [s for r, s in zip(recs, sentences) if r["kind"] != "premise"]
     md = "\n".join(f"- {s}" for s in claims_)
