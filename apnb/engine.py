@@ -3,7 +3,7 @@
 
 - SGD (momentum, weight decay) with a multistep (paper), cosine or one-cycle schedule; fp32, or bf16 autocast
   where ``TrainConfig.precision`` asks for it (:mod:`apnb.precision`).
-- The objective is pluggable: :class:`Supervised` or :class:`Compress` (KD and/or task loss plus the
+- The objective is pluggable: :class:`Supervised` or :class:`StudentObjective` (KD and/or task loss plus the
   attribution-matching regularizer of :mod:`apnb.matching`).
 - Atomic checkpoints every epoch (model, optimizer, scheduler, RNG states, pruning masks, history).
   A killed run resumes from its last checkpoint and ends with the same result: each epoch reseeds every
@@ -60,7 +60,7 @@ class Supervised:
         return loss, {"loss": loss.detach()}
 
 
-class Compress:
+class StudentObjective:
     """Student objective: (KD or task loss) + beta * matching (paper Eq. 2).
 
     ``kd=True``: Hinton KD against the teacher's logits (multi-label: :func:`apnb.compression.kd_multilabel`).
@@ -84,12 +84,12 @@ class Compress:
     def teacher_need(self):
         """Key of the teacher pass this objective needs (``False``: none); see
         :meth:`apnb.matching.AttributionMatching.teacher_pass`."""
-        if not (self.kd or self.matching.kind != "none"):
+        if not (self.kd or self.matching.active):
             return False
         return self.matching.teacher_need()
 
     def __call__(self, model, x, y, cache: dict | None = None):
-        need_t = self.kd or self.matching.kind != "none"
+        need_t = self.kd or self.matching.active
         s_logits, t_logits, match = self.matching(model, x, self.teacher if need_t else None, y, self.task, cache)
         if self.kd:
             kd = C.kd_multilabel if self.multilabel else C.kd_softmax
@@ -98,6 +98,9 @@ class Compress:
             base = self.task(s_logits, y)
         loss = base + self.matching.beta * match
         return loss, {"loss": loss.detach(), "task": base.detach(), "match": match.detach()}
+
+
+Compress = StudentObjective  # its former name, kept for old imports
 
 
 # ------------------------------------------------------------------ distributed
@@ -247,7 +250,7 @@ def _fit(model, objective, train_set, cfg, ckpt, eval_fn, device, progress, stop
     device = resolve_device(device)
     rank, world = setup_distributed()
     model.to(device)
-    if isinstance(objective, Compress) and objective.teacher is not None:
+    if isinstance(objective, StudentObjective) and objective.teacher is not None:
         objective.teacher.to(device)
     if cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")

@@ -2,18 +2,9 @@
 
 Eq. (1): ``M = V(sum_c U_c T(A_c))``; Eq. (2): ``L = L_task + beta * sum_{j in I} || M_s/||M_s|| - M_t/||M_t|| ||^2``.
 
-=================  ==============================================  =======================================
-kind               maps                                            paper
-=================  ==============================================  =======================================
-``ewa``            ``mean_c A_c^2`` (U=1, T=square, V=id)          Eq. 3; = attention transfer
-``swa``            ``ReLU(sum_c u_c A_c)``, u = pooled dy_t/dA     Eq. 4-5 (Grad-CAM)
-``sswa``           as swa, ``U_c = R_c u_c``, R_c ~ Bern(1-p)      Eq. 6, masks i.i.d. per sample/channel
-``sswa_coded``     as swa, a fixed fraction p of the teacher's     the authors' code (not Eq. 6)
-                   channels zeroed, same for the whole batch
-``grad_at``        the input gradient of the task loss             Zagoruyko & Komodakis' gradient AT
-``e2kd``           as swa, resized to the input size; the loss is  Parchami-Araghi et al., ECCV 2024
-                   ``mean_b (1 - cos(M_s, M_t))``                  (explanation-enhanced KD), not the paper
-=================  ==============================================  =======================================
+The kinds (EWA, SWA, SSWA, the authors' coded SSWA, gradient AT, e2KD, ...) are registered in
+:mod:`apnb.kinds`, each with its weight, its teacher need and its term; this module runs the teacher and the
+student and hands each kind's term the primitives below (:class:`Batch`). Nothing here names a kind.
 
 **e2KD is Eq. 2 with three differences.** Per sample, ``1 - cos(a, b) = 1/2 || a/||a|| - b/||b|| ||^2``, so
 e2KD's loss is the SWA term of Eq. 2 with (i) a per-sample reduction (the squared distance summed over
@@ -41,6 +32,7 @@ import torch.nn.functional as F
 
 from .gradcam import Tap, frozen, target_scores, weighted_maps
 from .models import ModelError, layer_alias
+from .kinds import REGISTRY, get as kind_of  # noqa: F401
 from .specs import DEFAULT_BETA, KINDS, MatchingConfig  # noqa: F401  (torch-free, for the parameter check)
 
 
@@ -63,6 +55,30 @@ def cosine_distance(ms: torch.Tensor, mt: torch.Tensor, size: tuple[int, int] | 
 
 
 
+class Batch:
+    """What a kind's term (:meth:`apnb.kinds.Kind.term`) works with on one batch: the configuration, the input
+    size, and the primitives of Eq. (1)-(6): Grad-CAM-style maps, Eq. 2's distance, e2KD's cosine distance and
+    the SSWA masks (drawn from the regularizer's generator, recorded in ``last_masks``)."""
+
+    def __init__(self, reg: "AttributionMatching", x: torch.Tensor):
+        self.cfg, self.reg, self.input_size = reg.cfg, reg, tuple(x.shape[-2:])
+
+    def maps(self, a, g, mask=None):
+        """Eq. 1 with pooled gradient weights (Grad-CAM; ``per_neuron``/``relu`` from the configuration)."""
+        return weighted_maps(a, g, self.cfg.relu, self.cfg.per_neuron, mask)
+
+    def l2(self, ms, mt):
+        return squared_normalized_l2(ms, mt, self.cfg.reduction)
+
+    def cosine(self, ms, mt, size=None):
+        return cosine_distance(ms, mt, size)
+
+    def bernoulli(self, b, c):
+        return self.reg._bernoulli(b, c)
+
+    def coded(self, b, c):
+        return self.reg._coded(b, c)
+
 
 class AttributionMatching:
     """The pluggable regularizer. One call runs the teacher and the student on a batch::
@@ -74,12 +90,14 @@ class AttributionMatching:
 
     ``match`` is the un-weighted sum over layers of Eq. 2's term (averaged over the top-k classes).
     Targets are the teacher's top-k logits. The teacher gets no gradient and no graph before the layer.
+    What runs is decided by the kind's declared teacher need (:mod:`apnb.kinds`), never by its name.
     """
 
     def __init__(self, cfg: MatchingConfig | None = None, generator: torch.Generator | None = None, **kw):
         self.cfg = cfg if cfg is not None else MatchingConfig(**kw)
         self.generator = generator
         self.last_masks: list[torch.Tensor] = []
+        self._device = torch.device("cpu")
 
     @property
     def beta(self):
@@ -90,12 +108,22 @@ class AttributionMatching:
         return self.cfg.kind
 
     @property
+    def spec(self):
+        """The registered kind (:class:`apnb.kinds.Kind`)."""
+        return kind_of(self.cfg.kind)
+
+    @property
     def needs_teacher_maps(self):
-        return self.cfg.kind not in ("none",)
+        return self.spec.teacher in ("acts", "grads")
+
+    @property
+    def active(self) -> bool:
+        """Whether there is a matching term at all (naive compression has none)."""
+        return self.spec.teacher != "logits"
 
     def check(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor):
         """Resolve layers and verify map shapes on a tiny batch (eval mode, no grad); raises ModelError."""
-        if self.cfg.kind in ("none", "grad_at"):
+        if not self.needs_teacher_maps:
             return
         if teacher is None:
             raise ModelError(f"matching kind {self.cfg.kind!r} needs a teacher network")
@@ -115,49 +143,50 @@ class AttributionMatching:
             if s[2:] != t[2:]:
                 raise ModelError(f"layer {layer!r}: student map {s[2:]} and teacher map {t[2:]} differ in size; "
                                  f"match layers of equal spatial resolution")
-            if self.cfg.mask == "both" and s[1] != t[1] and self.cfg.kind == "sswa":
-                raise ModelError(f"mask='both' shares SSWA masks but the student has {s[1]} channels and the "
-                                 f"teacher {t[1]} at {layer!r}; use mask='teacher' or 'independent'")
+            problem = self.spec.check(self.cfg, s, t, layer)
+            if problem:
+                raise ModelError(problem)
 
     # -- masks ---------------------------------------------------------------------------------------
-    def _bernoulli(self, b, c, device):
+    def _bernoulli(self, b, c, device="cpu"):
         keep = torch.rand(b, c, generator=self.generator, device="cpu") >= self.cfg.p
-        m = keep.to(device=device, dtype=torch.float32)
+        m = keep.to(device=self._device, dtype=torch.float32)
         self.last_masks.append(m)
         return m
 
-    def _coded(self, b, c, device):
+    def _coded(self, b, c, device="cpu"):
         n_drop = int(c * self.cfg.p)
         perm = torch.randperm(c, generator=self.generator)[:n_drop]
         m = torch.ones(c)
         m[perm] = 0
-        m = m.to(device)[None].expand(b, c)
+        m = m.to(self._device)[None].expand(b, c)
         self.last_masks.append(m)
         return m
 
     # -- the regularizer --------------------------------------------------------------------------
     def teacher_need(self) -> tuple | None:
         """What this regularizer needs from the teacher on a batch, as a hashable key: members of a cohort
-        (:func:`apnb.engine.fit_cohort`) with equal keys share one teacher pass. ``None``: logits only."""
-        cfg = self.cfg
-        if cfg.kind in ("none", "grad_at"):
+        (:func:`apnb.engine.fit_cohort`) with equal keys share one teacher pass. ``None``: logits only (or a
+        pass of its own: ``"input"`` kinds)."""
+        cfg, need = self.cfg, self.spec.teacher
+        if need not in ("acts", "grads"):
             return None
-        return (tuple(cfg.layers), 0 if cfg.kind == "ewa" else cfg.topk, cfg.center_logits)
+        return (tuple(cfg.layers), 0 if need == "acts" else cfg.topk, cfg.center_logits)
 
     def teacher_pass(self, teacher: nn.Module, x: torch.Tensor, cache: dict | None = None):
         """The teacher's side of Eq. 2 on a batch: ``(logits, acts, grads, target)``, all detached.
 
         The graph is cut at the layer and the teacher's parameters are frozen, so the teacher gets no
         gradient and nothing before the layer is recorded. ``cache`` (one dict per batch) shares the result
-        among regularizers with the same :meth:`apnb.matching.AttributionMatching.teacher_need`, and EWA
-        (activations only) reads any pass at its layers: one teacher pass serves a whole cohort of naive KD,
+        among regularizers with the same :meth:`apnb.matching.AttributionMatching.teacher_need`, and the
+        ``"acts"`` kinds (EWA) read any pass at their layers: one teacher pass serves a whole cohort of naive KD,
         EWA, SWA and SSWA members."""
         need = self.teacher_need()
         if cache is not None and need in cache:
             return cache[need]
         if cache is not None and need is not None and need[1] == 0:
-            # EWA needs the activations alone: a pass at the same layers for SWA or SSWA holds them, computed
-            # in the same way (fit_cohort steps the members that need gradients first)
+            # activations alone: a pass at the same layers for a "grads" kind holds them, computed in the same
+            # way (fit_cohort steps the members that need gradients first)
             hit = next((v for k, v in cache.items() if k is not None and k[0] == need[0]), None)
             if hit is not None:
                 return hit
@@ -184,61 +213,42 @@ class AttributionMatching:
                  y: torch.Tensor | None = None, task_loss=None, cache: dict | None = None):
         """Returns ``(student_logits, teacher_logits or None, match_loss)``; ``cache``: see
         :meth:`apnb.matching.AttributionMatching.teacher_pass`."""
-        cfg = self.cfg
         self.last_masks = []
-        zero = x.new_zeros(())
-        if cfg.kind == "none":
+        self._device = x.device
+        need = self.spec.teacher
+        if need == "logits":
             s_logits = student(x)
             t_logits = None
             if teacher is not None:  # any pass of the same teacher on this batch has the logits
                 t_logits = next(iter(cache.values()))[0] if cache else self.teacher_pass(teacher, x, cache)[0]
-            return s_logits, t_logits, zero
-        if cfg.kind == "grad_at":
-            return self._grad_at(student, teacher, x, y, task_loss)
+            return s_logits, t_logits, x.new_zeros(())
+        if need == "input":
+            return self._input_part(student, teacher, x, y, task_loss)
         t_logits, t_acts, t_grads, target = self.teacher_pass(teacher, x, cache)
         # the student's maps need gradients even when called under torch.no_grad (e.g. for evaluation)
         with torch.enable_grad():
             return self._student_part(student, x, t_logits, t_acts, t_grads, target)
 
     def _student_part(self, student, x, t_logits, t_acts, t_grads, target):
-        cfg = self.cfg
-        zero = x.new_zeros(())
+        cfg, kind, ctx = self.cfg, self.spec, Batch(self, x)
         with Tap(student, cfg.layers) as st:
             s_logits = student(x)
         s_acts = [st.acts[n] for n in st.layers]
-
-        if cfg.kind == "ewa":
-            loss = sum(squared_normalized_l2(a_s.pow(2).mean(1), a_t.pow(2).mean(1), cfg.reduction)
-                       for a_s, a_t in zip(s_acts, t_acts))
-            return s_logits, t_logits, loss
-
-        loss = zero
+        if kind.teacher == "acts":
+            return s_logits, t_logits, sum(kind.term(ctx, a_s, None, a_t, None) for a_s, a_t in zip(s_acts, t_acts))
+        loss = x.new_zeros(())
         for k in range(cfg.topk):
             s_grads = torch.autograd.grad(target_scores(s_logits, target[:, k], cfg.center_logits), s_acts,
                                           create_graph=True, retain_graph=True)
             for a_s, g_s, a_t, g_t in zip(s_acts, s_grads, t_acts, t_grads[k]):
-                b, c_t = a_t.shape[:2]
-                tmask = smask = None
-                if cfg.kind == "sswa":
-                    tmask = self._bernoulli(b, c_t, a_t.device)
-                    if cfg.mask == "both":
-                        smask = tmask
-                    elif cfg.mask == "independent":
-                        smask = self._bernoulli(b, a_s.shape[1], a_s.device)
-                elif cfg.kind == "sswa_coded":
-                    tmask = self._coded(b, c_t, a_t.device)
-                m_t = weighted_maps(a_t, g_t, cfg.relu, cfg.per_neuron, tmask)
-                m_s = weighted_maps(a_s, g_s, cfg.relu, cfg.per_neuron, smask)
-                if cfg.kind == "e2kd":
-                    loss = loss + cosine_distance(m_s, m_t, tuple(x.shape[-2:]))
-                else:
-                    loss = loss + squared_normalized_l2(m_s, m_t, cfg.reduction)
+                loss = loss + kind.term(ctx, a_s, g_s, a_t, g_t)
         return s_logits, t_logits, loss / cfg.topk
 
-    def _grad_at(self, student, teacher, x, y, task_loss):
-        """Gradient-based attention transfer: match ``dL/dx`` of teacher and student (Zagoruyko & Komodakis)."""
+    def _input_part(self, student, teacher, x, y, task_loss):
+        """The ``"input"`` kinds (gradient AT): the input gradients ``dL/dx`` of teacher and student go to the
+        kind's term (Zagoruyko & Komodakis)."""
         if y is None or task_loss is None:
-            raise ValueError("grad_at needs labels y and the task loss function")
+            raise ValueError(f"{self.cfg.kind} needs labels y and the task loss function")
         xt = x.detach().requires_grad_(True)
         with torch.enable_grad(), frozen(teacher):
             t_logits = teacher(xt)
@@ -246,4 +256,4 @@ class AttributionMatching:
         xs = x.detach().requires_grad_(True)
         s_logits = student(xs)
         j_s, = torch.autograd.grad(task_loss(s_logits, y), xs, create_graph=True)
-        return s_logits, t_logits.detach(), squared_normalized_l2(j_s, j_t.detach(), self.cfg.reduction)
+        return s_logits, t_logits.detach(), self.spec.term(Batch(self, x), j_s, None, j_t.detach(), None)

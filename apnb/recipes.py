@@ -32,7 +32,7 @@ from . import quantization as Q
 from . import precision as P
 from .config import resolve_device
 from .data.splits import train_images, voc_data
-from .engine import Compress, Member, Supervised, TrainConfig, cohort_key, fit, fit_cohort
+from .engine import StudentObjective, Member, Supervised, TrainConfig, cohort_key, fit, fit_cohort
 from .evaluate import LocResult, evaluate_model, prediction_metrics
 from .guards import Guards, check_min, check_plateau, chance_map
 from .matching import AttributionMatching, MatchingConfig
@@ -185,7 +185,7 @@ def distill_many(teacher, teacher_key: str, jobs: list[dict], data: dict, T: flo
                      "group": j["student_spec"],
                      "name": f"student {j['method']} /{j['student_spec'].get('width_div')} seed {j['train'].get('seed', 0)}",
                      "check": (lambda reg=reg, st=student: reg.check(st, teacher.cpu(), data["train"][0][0][None])),
-                     "objective": (lambda reg=reg: Compress(teacher, reg, kd=True, T=T, alpha=alpha))})
+                     "objective": (lambda reg=reg: StudentObjective(teacher, reg, kd=True, T=T, alpha=alpha))})
     infos = _train_in_cohorts(store, "student", work, data["train"], device, progress)
     out = []
     for w, info in zip(work, infos):
@@ -226,7 +226,7 @@ def prune_unstructured(teacher, teacher_key: str, method: str, data: dict, train
         C.prune_global_unstructured(model, rho_w)
         with store.lock("pruned", cfg):
             if store.load("pruned", cfg, model) is None:
-                obj = Compress(frozen_teacher, reg, kd=False, multilabel=multilabel)
+                obj = StudentObjective(frozen_teacher, reg, kd=False, multilabel=multilabel)
                 fit(model, obj, data["train"], TrainConfig(**train), store.dir("pruned", cfg) / "train.ckpt",
                     device=device, progress=progress, key=config_key(cfg))
                 store.save("pruned", cfg, model, {"rate": C.cumulative_rate(rho_w, it)})
@@ -265,7 +265,7 @@ def prune_structured_many(teacher, teacher_key: str, jobs: list[dict], data: dic
                      "group": {"rate": rate, "layers": prune_layers},
                      "name": f"structured {j['method']} seed {j['train'].get('seed', 0)}",
                      "check": (lambda reg=reg, m=model: reg.check(m, frozen_teacher.cpu(), x0)),
-                     "objective": (lambda reg=reg: Compress(frozen_teacher, reg, kd=False, multilabel=multilabel))})
+                     "objective": (lambda reg=reg: StudentObjective(frozen_teacher, reg, kd=False, multilabel=multilabel))})
     infos = _train_in_cohorts(store, "structured", work, data["train"], device, progress)
     out = []
     for w, info in zip(work, infos):
@@ -317,7 +317,7 @@ def quantize(teacher, teacher_key: str, method: str, data: dict, train: dict | N
         if info is None:
             frozen_teacher = copy.deepcopy(teacher).eval()
             reg.check(q, frozen_teacher.cpu(), x_cal[:1])
-            r = fit(q, Compress(frozen_teacher, reg, kd=False, multilabel=multilabel), data["train"],
+            r = fit(q, StudentObjective(frozen_teacher, reg, kd=False, multilabel=multilabel), data["train"],
                     TrainConfig(**train), store.dir("quantized", cfg) / "train.ckpt", device=device,
                     progress=progress, key=config_key(cfg))
             Q.freeze(q)

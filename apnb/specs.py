@@ -10,7 +10,9 @@ names below are the ones :mod:`apnb.models`, :mod:`apnb.recipes` and :mod:`apnb.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+
+from . import kinds as _kinds
 
 # ------------------------------------------------------------------ training (apnb.engine)
 
@@ -48,8 +50,9 @@ class TrainConfig:
 
 # ------------------------------------------------------------------ attribution matching (apnb.matching)
 
-KINDS = ("none", "ewa", "swa", "sswa", "sswa_coded", "grad_at", "e2kd")
-DEFAULT_BETA = {"none": 0.0, "ewa": 100.0, "swa": 50.0, "sswa": 50.0, "sswa_coded": 50.0, "grad_at": 50.0, "e2kd": 1.0}
+# the registered kinds (apnb.kinds, torch-free): their names and default weights
+KINDS = tuple(_kinds.REGISTRY)
+DEFAULT_BETA = {k: v.beta for k, v in _kinds.REGISTRY.items()}
 
 
 @dataclass
@@ -69,10 +72,9 @@ class MatchingConfig:
         if isinstance(self.layers, str):
             self.layers = (self.layers,)
         self.layers = tuple(self.layers)
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown matching kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        kind = _kinds.get(self.kind)  # the live registry: a kind registered later is known here too
         if self.beta is None:
-            self.beta = DEFAULT_BETA[self.kind]
+            self.beta = kind.beta
         if not self.beta >= 0:
             raise ValueError(f"beta={self.beta}: the regularizer weight must be >= 0")
         if not 0.0 <= self.p < 1.0:
@@ -86,8 +88,14 @@ class MatchingConfig:
         if not self.layers:
             raise ValueError("layers is empty: name at least one layer, e.g. last_conv")
 
+    # the fields every store key has held since the first store (apnb.store): a field added after them enters
+    # a key only where it differs from its default, so adding one leaves every stored network's key as it is
+    KEYED_ALWAYS = ("kind", "beta", "layers", "p", "topk", "relu", "center_logits", "per_neuron", "mask", "reduction")
+
     def to_dict(self):
-        return asdict(self)
+        """The configuration as its store key holds it (see ``KEYED_ALWAYS``)."""
+        defaults = {f.name: f.default for f in fields(self)}
+        return {k: v for k, v in asdict(self).items() if k in self.KEYED_ALWAYS or v != defaults[k]}
 
 
 # a compression method of a chapter (``methods``, ``structured_methods``, ``qat_methods``): ``naive`` (no

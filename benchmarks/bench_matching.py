@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from apnb import models as M
 from apnb.compression import kd_multilabel
 from apnb.config import resolve_device
-from apnb.engine import Compress
+from apnb.engine import StudentObjective
 from apnb.matching import AttributionMatching, squared_normalized_l2
 
 
@@ -82,7 +82,7 @@ def main():
     opt = torch.optim.SGD(student.parameters(), lr=1e-4)
     res = {}
     for kind in ["none", "ewa", "swa", "sswa"]:
-        obj = Compress(teacher, AttributionMatching(kind=kind))
+        obj = StudentObjective(teacher, AttributionMatching(kind=kind))
 
         def step():
             loss, _ = obj(student, x, y)

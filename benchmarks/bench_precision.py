@@ -21,7 +21,7 @@ import torch
 from apnb import models as M
 from apnb import precision as P
 from apnb import work
-from apnb.engine import Compress, Supervised, TrainConfig, make_optimizer
+from apnb.engine import StudentObjective, Supervised, TrainConfig, make_optimizer
 from apnb.matching import AttributionMatching
 
 TEACHER = dict(arch="vgg16_bn", num_classes=6, width_div=4, n_pools=3, head_pool=1)
@@ -44,7 +44,7 @@ def _setup(which: str, precision: str):
         model, obj = M.build(TEACHER, seed=0), Supervised()
     else:
         teacher = M.build(TEACHER, seed=0).eval()
-        model, obj = M.build(STUDENT, seed=1), Compress(teacher, AttributionMatching(kind="sswa", beta=3.0))
+        model, obj = M.build(STUDENT, seed=1), StudentObjective(teacher, AttributionMatching(kind="sswa", beta=3.0))
     opt, _ = make_optimizer(model, TrainConfig(epochs=1, lr=0.01), 10)
     model.train()
 

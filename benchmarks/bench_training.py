@@ -12,7 +12,7 @@ import torch
 
 from apnb import models as M
 from apnb.config import resolve_device
-from apnb.engine import Compress, Supervised, TrainConfig, make_optimizer
+from apnb.engine import StudentObjective, Supervised, TrainConfig, make_optimizer
 from apnb.matching import AttributionMatching
 
 
@@ -44,7 +44,7 @@ def run(label, size, tspec, sspec, batch, steps, dev, amp):
     student = M.build(sspec).to(dev)
     t_ips = throughput(teacher, Supervised(), x, y, steps, dev, amp)
     teacher.eval()
-    s_ips = throughput(student, Compress(teacher, AttributionMatching(kind="sswa")), x, y, steps, dev, amp)
+    s_ips = throughput(student, StudentObjective(teacher, AttributionMatching(kind="sswa")), x, y, steps, dev, amp)
     print(f"{label}: teacher training {t_ips:.0f} images/s; SSWA distillation {s_ips:.0f} images/s")
     return t_ips, s_ips
 

@@ -11,7 +11,7 @@ import torch
 from apnb.data import splits as D
 from apnb import recipes as R
 from apnb import quantization as Q
-from apnb.engine import Compress, TrainConfig, fit
+from apnb.engine import StudentObjective, TrainConfig, fit
 
 SYNTH = {"classes": 6, "n_train": 1500, "n_val": 400, "n_seg": 400, "n_pretrain": 3000, "size": 64, "seed": 0,
          "context_bias": 0.8, "fragment_prob": 0.15}
@@ -32,7 +32,7 @@ def main():
             continue
         ptq = Q.calibrate(Q.prepare(teacher, x_cal[:64], 8, "ptq", engine), x_cal)
         qat = Q.prepare(teacher, x_cal[:64], 8, "qat", engine)
-        fit(qat, Compress(teacher.eval(), R.matching_for("naive"), kd=False), data["train"], TrainConfig(**QAT),
+        fit(qat, StudentObjective(teacher.eval(), R.matching_for("naive"), kd=False), data["train"], TrainConfig(**QAT),
             device="cpu", progress=False)
         Q.freeze(qat.cpu())
         for name, q in (("PTQ", ptq), ("QAT", qat)):

@@ -76,7 +76,7 @@ def demo(stem: str):
 
 def paper_epochs() -> str:
     from apnb import models as M
-    from apnb.engine import Compress, Supervised, TrainConfig, make_optimizer
+    from apnb.engine import StudentObjective, Supervised, TrainConfig, make_optimizer
     from apnb.matching import AttributionMatching
 
     dev = torch.device("cuda")
@@ -106,7 +106,7 @@ def paper_epochs() -> str:
     t_img = per_image(teacher, Supervised(), 128)
     teacher.eval()
     student = M.build(dict(tspec, width_div=8), seed=1).to(dev)
-    s_img = per_image(student, Compress(teacher, AttributionMatching(kind="sswa", beta=50.0)), 64)
+    s_img = per_image(student, StudentObjective(teacher, AttributionMatching(kind="sswa", beta=50.0)), 64)
     return (f"one VOC epoch (5717 images, bf16): teacher {5717 * t_img:.0f} s, SSWA student {5717 * s_img:.0f} s "
             f"(paper: about 100 s per epoch on 4 TITAN Xp)")
 

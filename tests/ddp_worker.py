@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from apnb.engine import Compress, TrainConfig, fit
+from apnb.engine import StudentObjective, TrainConfig, fit
 from apnb.matching import AttributionMatching
 
 
@@ -25,7 +25,7 @@ def main(out):
     teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
     student = make()
-    obj = Compress(teacher, AttributionMatching(kind="swa", layers=("3",)), kd=True)
+    obj = StudentObjective(teacher, AttributionMatching(kind="swa", layers=("3",)), kd=True)
     fit(student, obj, data(), TrainConfig(epochs=2, lr=0.05, batch_size=16, schedule="cosine", seed=0),
         device="cpu", progress=False)
     import torch.distributed as dist

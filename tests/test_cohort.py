@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 from apnb.data import splits as D
 from apnb import recipes as R
 from apnb import models as M
-from apnb.engine import Compress, Member, TrainConfig, fit, fit_cohort, load_checkpoint
+from apnb.engine import StudentObjective, Member, TrainConfig, fit, fit_cohort, load_checkpoint
 from apnb.store import Store
 from apnb import specs
 from apnb.matching import AttributionMatching
@@ -38,7 +38,7 @@ def _student(div=16):
 
 
 def _obj(teacher, kind):
-    return Compress(teacher, AttributionMatching(kind=kind, beta=3.0, p=0.3))
+    return StudentObjective(teacher, AttributionMatching(kind=kind, beta=3.0, p=0.3))
 
 
 def _equal(a, b):
@@ -113,10 +113,10 @@ KILL_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, {root!r})
     from tests.test_cohort import _data, _teacher, _student, _obj, CFG
     from apnb.engine import Member, TrainConfig, fit_cohort
-    from apnb.engine import Compress
+    from apnb.engine import StudentObjective
     teacher = _teacher()
     calls = [0]
-    class Killer(Compress):
+    class Killer(StudentObjective):
         def __call__(self, model, x, y, cache=None):
             calls[0] += 1
             if calls[0] == 5:  # epoch 2, step 2 (3 steps per epoch)

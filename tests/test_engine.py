@@ -14,7 +14,8 @@ from torch.utils.data import TensorDataset
 
 from apnb import compression as C
 from apnb import models as M
-from apnb.engine import Compress, Supervised, TrainConfig, fit, load_checkpoint
+from apnb.kinds import REGISTRY
+from apnb.engine import StudentObjective, Supervised, TrainConfig, fit, load_checkpoint
 from apnb.store import Store
 from apnb.matching import AttributionMatching
 from apnb.models import ModelError
@@ -62,11 +63,11 @@ KILL_SCRIPT = textwrap.dedent('''
     import os, signal, sys, torch
     sys.path.insert(0, {root!r})
     from tests.test_engine import _data, _net, CFG
-    from apnb.engine import Compress, TrainConfig, fit
+    from apnb.engine import StudentObjective, TrainConfig, fit
     from apnb.matching import AttributionMatching
     teacher = _net(8)
     calls = [0]
-    class Killer(Compress):
+    class Killer(StudentObjective):
         def __call__(self, model, x, y):
             calls[0] += 1
             if calls[0] == 5:  # epoch 2, step 2 (3 steps per epoch)
@@ -85,10 +86,10 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     assert load_checkpoint(ckpt)["epoch"] == 1
     teacher = _net(8)
     resumed = _net()
-    res = fit(resumed, Compress(teacher, AttributionMatching(kind="sswa")), _data(), TrainConfig(**CFG), ckpt, progress=False)
+    res = fit(resumed, StudentObjective(teacher, AttributionMatching(kind="sswa")), _data(), TrainConfig(**CFG), ckpt, progress=False)
     assert res.resumed_from == 1
     full = _net()
-    fit(full, Compress(_net(8), AttributionMatching(kind="sswa")), _data(), TrainConfig(**CFG), progress=False)
+    fit(full, StudentObjective(_net(8), AttributionMatching(kind="sswa")), _data(), TrainConfig(**CFG), progress=False)
     for a, b in zip(resumed.state_dict().values(), full.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
 
@@ -243,7 +244,7 @@ def test_paper_parameter_counts():
     assert round(M.count_params(M.vgg("vgg16_bn", 20, width_div=8)) / 1e6, 2) == 0.29  # paper: 0.29M
 
 
-@pytest.mark.parametrize("kind", ["ewa", "swa", "sswa"])
+@pytest.mark.parametrize("kind", [k for k, v in REGISTRY.items() if v.paper])  # the paper's EWA, SWA, SSWA
 def test_bf16_autocast_matching_double_backward(kind):
     """A bf16 training step (``TrainConfig.precision``) runs under bf16 autocast (``fit``); SWA/SSWA differentiate through a gradient
     (the student's Grad-CAM weights). On the CPU, the same autocast region runs the double backward, gives
@@ -256,7 +257,7 @@ def test_bf16_autocast_matching_double_backward(kind):
     x, y = torch.randn(4, 3, 32, 32), (torch.rand(4, 5) > 0.5).float()
     grads, match = {}, {}
     for amp in (False, True):
-        obj = Compress(teacher, AttributionMatching(kind=kind, beta=10.0, p=0.3), kd=True)
+        obj = StudentObjective(teacher, AttributionMatching(kind=kind, beta=10.0, p=0.3), kd=True)
         obj.reseed(0)
         torch.manual_seed(1)  # the same dropout masks
         student.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 from apnb import matching, models as M
 from apnb import records, runner, work
-from apnb.engine import Compress, Member, Supervised, TrainConfig, fit, fit_cohort
+from apnb.engine import StudentObjective, Member, Supervised, TrainConfig, fit, fit_cohort
 
 pytestmark = pytest.mark.unit
 SPEC = {"arch": "preact_resnet18", "num_classes": 4, "width_div": 16}
@@ -51,7 +51,7 @@ def test_cohort_counts_one_teacher_pass_per_batch(counting):
     teacher = M.build(dict(SPEC, width_div=8), seed=1).eval()
     t_macs, s_macs = M.count_macs(teacher, 16), M.count_macs(M.build(SPEC, seed=0), 16)
     work.take()
-    members = [Member(M.build(SPEC, seed=0), Compress(teacher, matching.AttributionMatching(kind="none"), kd=True),
+    members = [Member(M.build(SPEC, seed=0), StudentObjective(teacher, matching.AttributionMatching(kind="none"), kd=True),
                       TrainConfig(epochs=1, batch_size=8, lr=0.01)) for _ in range(2)]
     fit_cohort(members, _data(), device="cpu", progress=False)
     # two students with their backward, one logits-only teacher pass (no gradient) per batch for both

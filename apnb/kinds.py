@@ -1,0 +1,159 @@
+"""The matching kinds of Eq. (1)-(6) and after, each one class registered once (zennit's manner).
+
+A kind declares everything the library needs to know about it:
+
+- ``beta``: its default weight (the paper's supplement C.2, or the method's authors);
+- ``teacher``: what it needs from the teacher on each batch, which is also the key by which the members of a
+  cohort share one teacher pass (:meth:`apnb.matching.AttributionMatching.teacher_need`): ``"logits"``
+  (nothing beyond the logits), ``"acts"`` (activations at the matched layers), ``"grads"`` (activations and
+  the gradients of the top-k logits: Grad-CAM's ingredients) or ``"input"`` (the input gradient of the task
+  loss, which needs a pass of its own);
+- ``term(ctx, a_s, g_s, a_t, g_t)``: its student-side term at one layer (and, for ``"grads"``, one target
+  class), written over the regularizer's primitives (``ctx``: :class:`apnb.matching.Batch`), so that this
+  module needs no torch and the parameter check (:mod:`apnb.validate`) stays fast;
+- ``check(cfg, student_shape, teacher_shape, layer)``: a one-line error for a pair of networks it cannot
+  match, beyond the equal map sizes every map-matching kind needs;
+- ``logit_kd``: whether distillation keeps Hinton's logit term beside it (a method that drops it says so).
+
+=================  ======================  ==================================================  ===========================
+kind               teacher                 maps and distance                                   source
+=================  ======================  ==================================================  ===========================
+``none``           logits                  no matching term: naive compression                 paper's baseline
+``ewa``            acts                    ``mean_c A_c^2``; Eq. 2's normalised l2             Eq. 3; attention transfer
+                                                                                               at one layer (Zagoruyko &
+                                                                                               Komodakis, ICLR 2017)
+``swa``            grads                   ``ReLU(sum_c u_c A_c)``, u = pooled dy_t/dA         Eq. 4-5 (Grad-CAM)
+``sswa``           grads                   as swa, ``U_c = R_c u_c``, R_c ~ Bern(1-p)          Eq. 6, masks i.i.d. per
+                                                                                               sample and channel
+``sswa_coded``     grads                   as swa, a fixed fraction p of the teacher's         the authors' code (not
+                                           channels zeroed, the same for the whole batch       Eq. 6)
+``grad_at``        input                   the input gradient of the task loss                 Zagoruyko & Komodakis'
+                                                                                               gradient AT
+``e2kd``           grads                   as swa, resized to the input; ``1 - cos``           Parchami-Araghi et al.,
+                                                                                               ECCV 2024 (e2KD)
+=================  ======================  ==================================================  ===========================
+
+**Adding a kind** is one class here with ``@register`` and one test (``CONTRIBUTING.md``): the regularizer,
+the parameter check, the store key, the cohorts and the kind lists of the tests all read this registry.
+"""
+from __future__ import annotations
+
+TEACHER_NEEDS = ("logits", "acts", "grads", "input")
+
+
+class Kind:
+    """A matching kind: its name, default weight, teacher need and term. Subclass and ``@register``."""
+
+    name: str = ""
+    beta: float = 0.0
+    teacher: str = "logits"
+    logit_kd: bool = True
+    source: str = ""
+    paper: bool = False  # one of the paper's regularizers (EWA, SWA, SSWA)
+
+    def term(self, ctx, a_s, g_s, a_t, g_t):
+        """Eq. 2's term at one layer: student activations ``a_s`` and gradients ``g_s`` (None unless ``teacher
+        == "grads"``), the teacher's ``a_t`` and ``g_t``. ``"input"`` kinds get the input gradients as
+        ``a_s`` and ``a_t``."""
+        raise NotImplementedError
+
+    def check(self, cfg, student_shape: tuple, teacher_shape: tuple, layer: str) -> str | None:
+        """An error message when this pair of activation shapes ``[B,C,H,W]`` cannot be matched, else None."""
+        return None
+
+
+REGISTRY: dict[str, Kind] = {}
+
+
+def register(cls: type[Kind]) -> type[Kind]:
+    """Class decorator: add one instance of ``cls`` to :data:`REGISTRY` under ``cls.name``."""
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"matching kind {cls.name!r}: a kind needs a name not taken yet")
+    if cls.teacher not in TEACHER_NEEDS:
+        raise ValueError(f"matching kind {cls.name!r}: teacher={cls.teacher!r}, use one of {TEACHER_NEEDS}")
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Kind:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown matching kind {name!r}: use one of {', '.join(REGISTRY)}") from None
+
+
+@register
+class Naive(Kind):
+    """No matching term (naive compression): the objective is KD or the task loss alone."""
+    name, beta, teacher, source = "none", 0.0, "logits", "the paper's baseline"
+
+
+@register
+class EWA(Kind):
+    """Eq. 3: the channel mean of the squared activations, matched by Eq. 2's normalised l2 (attention transfer
+    at one layer)."""
+    name, beta, teacher, source = "ewa", 100.0, "acts", "Eq. 3"
+    paper = True
+
+    def term(self, ctx, a_s, g_s, a_t, g_t):
+        return ctx.l2(a_s.pow(2).mean(1), a_t.pow(2).mean(1))
+
+
+@register
+class SWA(Kind):
+    """Eq. 4-5: Grad-CAM maps of the teacher's top class, matched by Eq. 2's normalised l2."""
+    name, beta, teacher, source = "swa", 50.0, "grads", "Eq. 4-5"
+    paper = True
+
+    def term(self, ctx, a_s, g_s, a_t, g_t):
+        return ctx.l2(ctx.maps(a_s, g_s), ctx.maps(a_t, g_t))
+
+
+@register
+class SSWA(Kind):
+    """Eq. 6: SWA with the teacher's channel weights masked by Bernoulli(1-p) draws, i.i.d. per sample and
+    channel; ``mask="both"`` puts the same mask on the student, ``"independent"`` a draw of its own."""
+    name, beta, teacher, source = "sswa", 50.0, "grads", "Eq. 6"
+    paper = True
+
+    def term(self, ctx, a_s, g_s, a_t, g_t):
+        b, c_t = a_t.shape[:2]
+        tmask = ctx.bernoulli(b, c_t)
+        mask = ctx.cfg.mask
+        smask = tmask if mask == "both" else ctx.bernoulli(b, a_s.shape[1]) if mask == "independent" else None
+        return ctx.l2(ctx.maps(a_s, g_s, smask), ctx.maps(a_t, g_t, tmask))
+
+    def check(self, cfg, student_shape, teacher_shape, layer):
+        if cfg.mask == "both" and student_shape[1] != teacher_shape[1]:
+            return (f"mask='both' shares SSWA masks but the student has {student_shape[1]} channels and the "
+                    f"teacher {teacher_shape[1]} at {layer!r}; use mask='teacher' or 'independent'")
+        return None
+
+
+@register
+class SSWACoded(Kind):
+    """The authors' code: a fixed fraction p of the teacher's channels zeroed, the same for the whole batch
+    (not Eq. 6)."""
+    name, beta, teacher, source = "sswa_coded", 50.0, "grads", "the authors' code"
+
+    def term(self, ctx, a_s, g_s, a_t, g_t):
+        return ctx.l2(ctx.maps(a_s, g_s), ctx.maps(a_t, g_t, ctx.coded(*a_t.shape[:2])))
+
+
+@register
+class GradAT(Kind):
+    """Gradient-based attention transfer: the input gradients of the task loss, matched by Eq. 2's l2."""
+    name, beta, teacher, source = "grad_at", 50.0, "input", "Zagoruyko & Komodakis, ICLR 2017"
+
+    def term(self, ctx, a_s, g_s, a_t, g_t):
+        return ctx.l2(a_s, a_t)
+
+
+@register
+class E2KD(Kind):
+    """Explanation-enhanced KD: SWA's maps resized to the input size, ``mean_b (1 - cos)``; weight 1 as in the
+    e2KD authors' code (``explanation_loss_coef``)."""
+    name, beta, teacher, source = "e2kd", 1.0, "grads", "Parchami-Araghi et al., ECCV 2024"
+
+    def term(self, ctx, a_s, g_s, a_t, g_t):
+        return ctx.cosine(ctx.maps(a_s, g_s), ctx.maps(a_t, g_t), ctx.input_size)
