@@ -33,7 +33,6 @@ from . import evaluate as E
 from . import recipes as R
 from . import records, report
 from .config import atomic_write_text, resolve_device
-from .data import splits as D
 from .store import Store, config_key
 from .work import cpu_name
 
@@ -134,13 +133,14 @@ def _save(path: Path, rec: dict):
 
 
 def _teacher(s: dict, seed: int, store: Store, dev):
-    data = D.voc_data(s["data_root"], s["synth"], s["image_size"])
-    spec = dict(s["teacher_spec"], num_classes=len(data["classes"]))
+    """The teacher of settings ``s`` at ``seed``, with no guards (calibration measures what the guards would test),
+    as the :class:`apnb.recipes.Setup` of the students and pruned networks built on it."""
     pre = dict(s["teacher_pretrain"], seed=seed) if s.get("teacher_pretrain") else None
-    tr = dict(s["teacher_train"], seed=seed)
     t0 = time.time()
-    teacher, info = R.get_teacher(spec, data, tr, pre, False, store=store, device=dev, progress=False, guards=None)
-    return data, spec, teacher, info, time.time() - t0
+    S = R.setup({"root": s["data_root"], "synth": s["synth"], "image_size": s["image_size"], "guards": None},
+                {"spec": s["teacher_spec"], "pretrain": pre, "train": dict(s["teacher_train"], seed=seed)},
+                dev, store, evaluate=False)
+    return S, time.time() - t0
 
 
 def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
@@ -165,13 +165,15 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
                 continue
             if stage == "beta" and _missed_below(rec["rows"], step, method, beta):
                 continue  # a smaller beta already missed: the walk up the grid has ended
-            data, spec, teacher, info, t_s = _teacher(s, tseed if tseed is not None else seed, store, dev)
+            S, t_s = _teacher(s, tseed if tseed is not None else seed, store, dev)
+            data, teacher, info = S.data, S.teacher, S.info
+            kd = {"div": s["main_div"], "T": s.get("kd_T", 4.0), "alpha": s.get("kd_alpha", 0.9),
+                  "train": s["student_train"]}
+            naive = {"layer": "last_conv", "p": 0.3, "beta": {}}
             if stage == "beta":  # accuracy only: the rule must not see a map of a matched network
-                sspec = dict(spec, width_div=spec["width_div"] * s["main_div"])
                 t0 = time.time()
-                st, _ = R.distill(teacher, info["key"], sspec, method, data, dict(s["student_train"], seed=seed),
-                                  beta=beta, p=s.get("sswa_p", 0.3), T=s.get("kd_T", 4.0), alpha=s.get("kd_alpha", 0.9),
-                                  store=store, device=dev, progress=False)
+                (st, _), = R.students(S, kd, {"layer": "last_conv", "p": s.get("sswa_p", 0.3), "beta": {method: beta}},
+                                      [(method, seed)])
                 row = {"step": step["name"], "role": stage, "seed": seed, "teacher_seed": tseed, "method": method,
                        "beta": beta, "settings": config_key(s), "why": step.get("why", ""),
                        **E.prediction_metrics(st, data["val"], dev), "seconds": round(time.time() - t0, 1)}
@@ -190,11 +192,8 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
                            pretrain_loss_first=pre[0]["loss"] if pre else None,
                            pretrain_loss_last=pre[-1]["loss"] if pre else None, p1=p1_holds(t_row))
             elif stage == "kd":
-                sspec = dict(spec, width_div=spec["width_div"] * s["main_div"])
                 t0 = time.time()
-                st, _ = R.distill(teacher, info["key"], sspec, "naive", data, dict(s["student_train"], seed=seed),
-                                  T=s.get("kd_T", 4.0), alpha=s.get("kd_alpha", 0.9), store=store, device=dev,
-                                  progress=False)
+                (st, _), = R.students(S, kd, naive, [("naive", seed)])
                 srow, _ = E.evaluate_model(st, data, device=dev, reference=t_loc)
                 row.update({k: srow[k] for k in TEACHER_COLS + ["cos", "cos_top1", "params"]},
                            seconds=round(time.time() - t0, 1),
@@ -207,8 +206,8 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
                 row["p1_floor"] = p1_floor_holds(row)
             elif stage == "structured":
                 t0 = time.time()
-                net, _ = R.prune_structured(teacher, info["key"], "naive", data, dict(s["structured_finetune"], seed=seed),
-                                            s["rho_c"], s["image_size"], None, store=store, device=dev, progress=False)
+                (net, _), = R.structured_nets(S, {"rate": s["rho_c"], "layers": None,
+                                                  "finetune": s["structured_finetune"]}, naive, [("naive", seed)])
                 srow, _ = E.evaluate_model(net, data, device=dev, reference=t_loc)
                 row.update({k: srow[k] for k in TEACHER_COLS + ["cos", "cos_top1", "params"]},
                            seconds=round(time.time() - t0, 1),

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .gradcam import Tap, frozen, target_scores, weighted_maps
 from .models import ModelError, layer_alias
-from .kinds import REGISTRY, get as kind_of  # noqa: F401
+from .kinds import get as kind_of
 from .specs import DEFAULT_BETA, KINDS, MatchingConfig  # noqa: F401  (torch-free, for the parameter check)
 
 

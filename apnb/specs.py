@@ -6,7 +6,7 @@ the classes the check hands each value to live here, and the modules that use th
 :class:`TrainConfig` (:mod:`apnb.engine`), :class:`MatchingConfig` with the kinds of Eq. (1)-(6)
 (:mod:`apnb.matching`), :class:`Guards` (:mod:`apnb.guards`). The architecture options and the method
 names below are the ones :mod:`apnb.models`, :mod:`apnb.recipes` and :mod:`apnb.attribution` accept;
-``tests/test_safety.py`` checks that they agree.
+``tests/test_specs.py`` checks that they agree.
 """
 from __future__ import annotations
 

@@ -195,7 +195,9 @@ def _unit(v):
 
 RULES = {
     "betas": _betas, "ps": _ps,
-    "structured_methods": _COMPRESSION, "qat_methods": _COMPRESSION, "attr_methods": _ATTRIBUTION,
+    # a chapter's compression methods (naive or a registered matching kind, apnb.kinds) and attribution methods
+    "methods": _COMPRESSION, "structured_methods": _COMPRESSION, "qat_methods": _COMPRESSION,
+    "attr_methods": _ATTRIBUTION,
     "lpi_methods": _ATTRIBUTION,
     "seeds": _seeds, "sweep_seeds": _seeds, "gradat_seeds": _seeds, "design_seeds": _seeds, "ptq_seeds": _seeds,
     "qat_seeds": _seeds, "fractions": _fractions, "ratios": _fractions,
@@ -220,9 +222,6 @@ _TEACHER = _recipe({"spec": _spec, "pretrained": _bool, "pretrain": _train, "tra
 
 
 def _rule(name: str, default=None):
-    if name == "methods":  # a chapter's compression methods, or (23) its attribution methods: as its default
-        attribution = isinstance(default, list) and default and all(m in ATTRIBUTION_METHODS for m in default)
-        return _ATTRIBUTION if attribution else _COMPRESSION
     if name in RULES:
         return RULES[name]
     if name.endswith("_recipe"):

@@ -39,39 +39,33 @@ def main():
     p = yaml.safe_load((ROOT / "profiles/demo.yml").read_text())["defaults"]
     bench = p["benchmark"]
     data = D.voc_data(str(ROOT / bench["root"]), bench["synth"], bench["image_size"])
-    tspec = R.teacher_spec(p["teacher_recipe"], data)
-    teacher = M.build(tspec, seed=0).eval()
-    kw = dict(device="cpu", progress=False)
+    tspec = dict(p["teacher_recipe"]["spec"], num_classes=len(data["classes"]))
+    teacher = M.build(tspec, seed=0).eval()  # an untrained teacher: the timing, not the networks, is measured
+    setup = lambda store: R.Setup(data, teacher, {"key": "bench"}, spec=tspec, image_size=bench["image_size"],
+                                  store=store)
     if a.grid == "kd":
         kd = p["kd"]
-        sspec = dict(tspec, width_div=tspec["width_div"] * kd["div"])
-        train = dict(kd["train"], epochs=a.epochs)
-        jobs = [{"student_spec": sspec, "method": m, "train": dict(train, seed=s), "beta": p["matching"]["beta"].get(m)}
-                for s in a.seeds for m in R.METHODS]
-        what = f"KD students VGG16/{kd['div']}-style (width/{sspec['width_div']})"
+        kd = dict(kd, train=dict(kd["train"], epochs=a.epochs))
+        train = kd["train"]
+        jobs = [R.job(m, s, train, p["matching"]) for s in a.seeds for m in R.METHODS]
+        what = f"KD students VGG16/{kd['div']}-style (width/{tspec['width_div'] * kd['div']})"
 
         def one(j, store):
-            return R.distill(teacher, "bench", j["student_spec"], j["method"], data, j["train"], beta=j["beta"],
-                             T=kd["T"], alpha=kd["alpha"], store=store, **kw)[0]
+            return R.students(setup(store), kd, p["matching"], [j])[0][0]
 
         def many(store):
-            return [m for m, _ in R.distill_many(teacher, "bench", jobs, data, T=kd["T"], alpha=kd["alpha"],
-                                                 store=store, **kw)]
+            return [m for m, _ in R.students(setup(store), kd, p["matching"], jobs)]
     else:
-        rate = p["structured"]["rate"]
-        train = dict(p["structured"]["finetune"], epochs=a.epochs)
-        jobs = [{"method": m, "train": dict(train, seed=s), "beta": p["matching"]["beta"].get(m)}
-                for s in a.seeds for m in R.METHODS]
-        what = f"structured fine-tunes of the teacher pruned at rho_c={rate}"
-        size = bench["image_size"]
+        structured = dict(p["structured"], finetune=dict(p["structured"]["finetune"], epochs=a.epochs))
+        train = structured["finetune"]
+        jobs = [R.job(m, s, train, p["matching"]) for s in a.seeds for m in R.METHODS]
+        what = f"structured fine-tunes of the teacher pruned at rho_c={structured['rate']}"
 
         def one(j, store):
-            return R.prune_structured(teacher, "bench", j["method"], data, j["train"], rate, size,
-                                      beta=j["beta"], store=store, **kw)[0]
+            return R.structured_nets(setup(store), structured, p["matching"], [j])[0][0]
 
         def many(store):
-            return [m for m, _ in R.prune_structured_many(teacher, "bench", jobs, data, rate, size,
-                                                          store=store, **kw)]
+            return [m for m, _ in R.structured_nets(setup(store), structured, p["matching"], jobs)]
     print(f"{len(jobs)} networks: {what}, methods {', '.join(R.METHODS)} x seeds {a.seeds}, {a.epochs} epochs of "
           f"{len(data['train']) // train['batch_size']} batches of {train['batch_size']}; "
           f"{torch.get_num_threads()} threads")

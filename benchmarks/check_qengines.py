@@ -22,8 +22,9 @@ QAT = {"epochs": 1, "lr": 0.0001, "optimizer": "adamw", "schedule": "cosine", "b
 
 
 def main():
-    data, teacher, tinfo, *_ = R.voc_setup({"root": "build/data/synth-voc", "synth": SYNTH, "image_size": 64},
-                                           {"spec": TEACHER, "pretrain": PRE, "train": TRAIN}, "cpu")
+    S = R.setup({"root": "build/data/synth-voc", "synth": SYNTH, "image_size": 64},
+                {"spec": TEACHER, "pretrain": PRE, "train": TRAIN}, "cpu", evaluate=False)
+    data, teacher = S.data, S.teacher
     x, _ = D.tensors(data["val"])
     x_cal, _ = D.train_images(data, 256, 0)
     print(f"{'engine':8s} {'recipe':5s} {'top-1 agreement':>16s} {'max |logit diff| / range':>26s}")
@@ -32,7 +33,7 @@ def main():
             continue
         ptq = Q.calibrate(Q.prepare(teacher, x_cal[:64], 8, "ptq", engine), x_cal)
         qat = Q.prepare(teacher, x_cal[:64], 8, "qat", engine)
-        fit(qat, StudentObjective(teacher.eval(), R.matching_for("naive"), kd=False), data["train"], TrainConfig(**QAT),
+        fit(qat, StudentObjective(teacher.eval(), R.Job("naive", 0, QAT).matching(), kd=False), data["train"], TrainConfig(**QAT),
             device="cpu", progress=False)
         Q.freeze(qat.cpu())
         for name, q in (("PTQ", ptq), ("QAT", qat)):

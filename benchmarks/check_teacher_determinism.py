@@ -22,7 +22,7 @@ CHILD = textwrap.dedent("""
     from apnb import runner
     from apnb.store import Store
     p = runner.params_for(runner.repo_root() / "notebooks/00_synthetic_benchmark.ipynb", sys.argv[1])
-    data, teacher, info, row, *_ = R.voc_setup(p["benchmark"], p["teacher_recipe"], store=Store(sys.argv[2]))
+    row = R.setup(p["benchmark"], p["teacher_recipe"], store=Store(sys.argv[2])).row
     print(json.dumps({k: row[k] for k in ["mAP", "mAP_nocue", "AUC", "point_acc", "point_acc_tol"]}))
 """)
 

@@ -1,7 +1,9 @@
 import functools
 import os
 import warnings
+from pathlib import Path
 
+import nbformat
 import pytest
 
 # Under pytest-xdist the two cores are shared by the workers: each worker, and every notebook kernel or
@@ -142,3 +144,55 @@ def smoke_book(smoke_runs, testrun_uid):
         index = runner.build_book("smoke", run=False)
         built.write_text(testrun_uid)
         return index
+
+
+def make_notebook(path: Path, params: str, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = nbformat.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell(body)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A project root with one notebook ``n1`` (parameters ``a``, ``s``, ``data_root``) that logs ``a`` and
+    ``s`` and lists store entry ``x-1`` as loaded, and a profile ``p``."""
+    for d in ("profiles", "book", "apnb"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "apnb" / "x.py").write_text("A = 1\n")
+    make_notebook(tmp_path / "notebooks" / "n1.ipynb", "a = 1\ns = 'x'\ndata_root = 'data/d'\nwait = 0",
+              "import time\nfrom apnb import records\ntime.sleep(wait)\nrecords.tally('loaded', 'x-1')\n"
+              "records.log('t', [{'metric': 'a', 'value': a, 's': s}])")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/n1\n")
+    (tmp_path / "profiles" / "p.yml").write_text("defaults: {a: 2}\n")
+    (tmp_path / "data" / "d").mkdir(parents=True)
+    (tmp_path / "data" / "d" / "apnb_synth.json").write_text('{"seed": 0}')
+    (tmp_path / "store" / "checkpoints" / "x-1").mkdir(parents=True)
+    (tmp_path / "store" / "checkpoints" / "x-1" / "final.pt").write_bytes(b"net")
+    monkeypatch.setenv("APNB_ROOT", str(tmp_path))
+    monkeypatch.setenv("APNB_STORE", str(tmp_path / "store"))
+    return tmp_path
+
+
+@pytest.fixture
+def mini_repo(tmp_path, monkeypatch):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "book").mkdir()
+    (tmp_path / "apnb").mkdir()
+    (tmp_path / "apnb" / "x.py").write_text("A = 1\n")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = nbformat.v4.new_code_cell("a = 1\nb = 'x'")
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell("from apnb import records\nrecords.log('t', [{'metric': 'a', 'value': a}])")]
+    nbformat.write(nb, tmp_path / "notebooks" / "n1.ipynb")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/n1\n")
+    (tmp_path / "profiles" / "p.yml").write_text("defaults: {a: 2, zzz: 3}\nnotebooks: {n1: {b: y}}\n")
+    (tmp_path / "profiles" / "bad.yml").write_text("defaults: {}\nnotebooks: {n1: {nope: 1}}\n")
+    monkeypatch.setenv("APNB_ROOT", str(tmp_path))
+    return tmp_path

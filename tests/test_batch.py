@@ -82,7 +82,8 @@ def _teacher_notebook(path):
             "data = D.voc_data(data_root, None, 32)\n"
             "spec = {'arch': 'vgg16_bn', 'width_div': 16, 'n_pools': 2, 'head_pool': 1, 'num_classes': len(data['classes'])}\n"
             "tr = {'epochs': 1, 'lr': 0.05, 'schedule': 'onecycle', 'batch_size': 16, 'seed': 0}\n"
-            "model, info = R.get_teacher(spec, data, tr, store=Store(store), device='cpu', progress=False)\n"
+            "S = R.setup({}, {'spec': spec, 'train': tr}, 'cpu', Store(store), data=data, evaluate=False)\n"
+            "model, info = S.teacher, S.info\n"
             "h = hashlib.sha256(b''.join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()\n"
             "records.log('runs', [{'seed': seeds[0], 'metric': 'fits', 'value': len(calls), 'weights': h}])"),
     ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})

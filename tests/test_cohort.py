@@ -1,5 +1,6 @@
-"""Cohort training (:func:`apnb.engine.fit_cohort`, :func:`apnb.recipes.distill_many`): one batch and one
+"""Cohort training (:func:`apnb.engine.fit_cohort`, :func:`apnb.recipes.students`): one batch and one
 teacher pass serve every member, and each member ends exactly as it would trained alone."""
+import dataclasses
 import functools
 import os
 import subprocess
@@ -146,41 +147,44 @@ def test_sigkill_mid_epoch_and_resume_equals_uninterrupted_cohort(tmp_path):
         assert _equal(a.model, _alone(a.name)), a.name
 
 
-def test_distill_many_trains_cohorts_under_the_single_store_keys(tmp_path, synth_root):
-    """distill_many groups by seed and architecture, gives distill's networks under distill's keys, and loads
-    what the store already has instead of training it."""
+def _setup(synth_root, store):
+    """A Setup around an untrained teacher (key ``t``): what the recipes read, without training a teacher."""
     data = D.voc_data(str(synth_root), None, 32)
     spec = {"arch": "vgg16_bn", "num_classes": len(data["classes"]), "width_div": 16, "n_pools": 2, "head_pool": 1}
-    teacher = M.build(spec, seed=0).eval()
-    sspec = dict(spec, width_div=32)
+    return R.Setup(data, M.build(spec, seed=0).eval(), {"key": "t"}, spec=spec, image_size=32, store=store)
+
+
+def test_students_train_in_cohorts_under_the_single_store_keys(tmp_path, synth_root):
+    """students() groups by seed and architecture, gives the networks of one run alone under their keys, and
+    loads what the store already has instead of training it."""
+    S = _setup(synth_root, Store(tmp_path / "store"))
     train = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "onecycle", "batch_size": 8}
-    store = Store(tmp_path / "store")
-    one, _ = R.distill(teacher, "t", sspec, "swa", data, dict(train, seed=1), beta=3.0, store=Store(tmp_path / "alone"),
-                       progress=False)
-    jobs = [{"student_spec": sspec, "method": m, "train": dict(train, seed=s), "beta": 3.0}
-            for s in (0, 1) for m in ("naive", "swa")] + [{"student_spec": spec, "method": "naive",
-                                                           "train": dict(train, seed=0)}]
-    out = R.distill_many(teacher, "t", jobs, data, store=store, progress=False)
+    kd = {"div": 2, "T": 4.0, "alpha": 0.9, "train": train}
+    matching = {"layer": "last_conv", "p": 0.3, "beta": {"swa": 3.0}}
+    (one, _), = R.students(dataclasses.replace(S, store=Store(tmp_path / "alone")), kd, matching, [("swa", 1)])
+    runs = [(m, s) for s in (0, 1) for m in ("naive", "swa")]
+    runs += [dataclasses.replace(R.job("naive", 0, train, matching), spec=S.spec)]  # a student as wide as the teacher
+    out = R.students(S, kd, matching, runs)
     assert [info["cohort"] for _, info in out] == [2, 2, 2, 2, 1]  # (seed 0, /32), (seed 1, /32), (seed 0, /16)
-    assert _equal(out[3][0], one)  # swa, seed 1: the same network as distill alone
-    again = R.distill_many(teacher, "t", jobs[:2], data, store=store, progress=False)
+    assert _equal(out[3][0], one)  # swa, seed 1: the same network as alone
+    again = R.students(S, kd, matching, runs[:2])
     assert all(_equal(a, b[0]) for (a, _), b in zip(again, out[:2]))
     assert again[0][1]["cohort"] == 2  # loaded from the store with its training record, not retrained
-    single, _ = R.distill(teacher, "t", sspec, "naive", data, dict(train, seed=0), store=store, progress=False)
+    (single, _), = R.students(S, kd, matching, [("naive", 0)])
     assert _equal(single, out[0][0])
+    store = S.store
     left = sorted(f.name for f in store.root.glob("*/*") if f.is_file())
     assert left and set(left) == {"cfg.json", "final.pt"}  # resume checkpoints go once final.pt is written
 
 
-def test_prune_structured_many_equals_single_calls(tmp_path, synth_root):
-    data = D.voc_data(str(synth_root), None, 32)
-    spec = {"arch": "vgg16_bn", "num_classes": len(data["classes"]), "width_div": 16, "n_pools": 2, "head_pool": 1}
-    teacher = M.build(spec, seed=0).eval()
-    train = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "cosine", "batch_size": 8, "seed": 2}
-    jobs = [{"method": m, "train": train, "beta": 3.0} for m in ("naive", "ewa", "sswa")]
-    out = R.prune_structured_many(teacher, "t", jobs, data, 0.5, 32, store=Store(tmp_path / "a"), progress=False)
+def test_structured_cohort_equals_single_runs(tmp_path, synth_root):
+    S = _setup(synth_root, Store(tmp_path / "a"))
+    structured = {"rate": 0.5, "layers": None,
+                  "finetune": {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "cosine", "batch_size": 8}}
+    matching = {"layer": "last_conv", "p": 0.3, "beta": {"ewa": 3.0, "sswa": 3.0}}
+    out = R.structured_nets(S, structured, matching, [(m, 2) for m in ("naive", "ewa", "sswa")])
     assert [info["cohort"] for _, info in out] == [3, 3, 3]
     assert out[0][1]["params_after"] < out[0][1]["params_before"]
-    one, info = R.prune_structured(teacher, "t", "sswa", data, train, 0.5, 32, beta=3.0, store=Store(tmp_path / "b"),
-                                   progress=False)
+    (one, info), = R.structured_nets(dataclasses.replace(S, store=Store(tmp_path / "b")), structured, matching,
+                                     [("sswa", 2)])
     assert info["cohort"] == 1 and _equal(one, out[2][0])

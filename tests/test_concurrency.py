@@ -59,8 +59,8 @@ TEACHER = textwrap.dedent("""
     data = D.voc_data(sys.argv[1], None, 32)
     spec = {"arch": "vgg16_bn", "width_div": 16, "n_pools": 2, "head_pool": 1, "num_classes": len(data["classes"])}
     tr = {"epochs": 2, "lr": 0.01, "optimizer": "adamw", "schedule": "cosine", "batch_size": 8, "seed": 0}
-    model, info = R.get_teacher(spec, data, tr, None, store=Store(sys.argv[2]), device="cpu", progress=False,
-                                guards=None)
+    S = R.setup({}, {"spec": spec, "train": tr}, "cpu", Store(sys.argv[2]), data=data, evaluate=False)
+    model, info = S.teacher, S.info
     h = hashlib.sha256(b"".join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()
     print(json.dumps({"fits": len(calls), "weights": h}))
 """)

@@ -64,5 +64,5 @@ def test_teacher_needs_training_or_weights(data, tmp_path):
     from apnb.store import Store
 
     with pytest.raises(ValueError, match="needs train="):
-        R.get_teacher({"arch": "vgg16_bn", "num_classes": 3, "width_div": 16, "n_pools": 2, "head_pool": 1}, data,
-                      None, multilabel=False, store=Store(tmp_path / "store"))
+        R.setup({}, {"spec": {"arch": "vgg16_bn", "width_div": 16, "n_pools": 2, "head_pool": 1}, "train": None}, "cpu",
+                Store(tmp_path / "store"), data=data)

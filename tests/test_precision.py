@@ -102,14 +102,14 @@ def test_cohort_keeps_precisions_apart():
 
 
 def test_teacher_recipe_keys_the_precision(tmp_path, monkeypatch):
-    """get_teacher resolves the precision before keying: auto on a CPU without bf16 arithmetic is the fp32 network, in
+    """The teacher recipe resolves the precision before keying: auto on a CPU without bf16 arithmetic is the fp32 network, in
     the same store entry as a recipe that never named a precision."""
     monkeypatch.setattr(P, "cpu_has_bf16", lambda: False)
-    data = {"id": "t", "train": _data(), "val": _data()}
-    spec = {"arch": "preact_resnet18", "num_classes": 4, "width_div": 32}
+    data = {"id": "t", "train": _data(), "val": _data(), "classes": list(range(4))}
+    spec = {"arch": "preact_resnet18", "width_div": 32}
     st = Store(tmp_path / "s")
-    _, i1 = recipes.get_teacher(spec, data, dict(CFG), store=st, device="cpu", progress=False)
-    _, i2 = recipes.get_teacher(spec, data, dict(CFG, precision="auto"), store=st, device="cpu", progress=False)
+    teacher = lambda train: recipes.setup({}, {"spec": spec, "train": train}, "cpu", st, data=data).info  # noqa: E731
+    i1, i2 = teacher(dict(CFG)), teacher(dict(CFG, precision="auto"))
     assert i1["key"] == i2["key"] and len(list(st.root.glob("teacher-*/final.pt"))) == 1
-    _, i3 = recipes.get_teacher(spec, data, dict(CFG, precision="bf16"), store=st, device="cpu", progress=False)
+    i3 = teacher(dict(CFG, precision="bf16"))
     assert i3["key"] != i1["key"]

@@ -94,12 +94,11 @@ def test_qat_is_stored_and_reloaded(synth_root, tmp_path):
     torch.manual_seed(0)
     teacher = M.vgg("vgg16_bn", num_classes=4, width_div=16, n_pools=2, head_pool=1).eval()
     train = {"epochs": 1, "lr": 1e-3, "optimizer": "adamw", "schedule": "constant", "batch_size": 8, "seed": 0}
-    store = Store(tmp_path)
-    q1, info = R.quantize(teacher, "t", "swa", data, train, bits=8, calib_images=16, beta=5.0, store=store,
-                          device="cpu", progress=False)
+    S = R.Setup(data, teacher, {"key": "t"}, store=Store(tmp_path))
+    matching = {"layer": "last_conv", "p": 0.3, "beta": {"swa": 5.0}}
+    q1, info = R.quantized(S, train, matching, ("swa", 0), bits=8, calib_images=16)
     assert info["mode"] == "qat" and len(info["history"]) == 1
-    q2, _ = R.quantize(teacher, "t", "swa", data, train, bits=8, calib_images=16, beta=5.0, store=store,
-                       device="cpu", progress=False)
+    q2, _ = R.quantized(S, train, matching, ("swa", 0), bits=8, calib_images=16)
     x, _ = D.tensors(data["val"])
     with torch.no_grad():
         assert torch.equal(q1(x), q2(x))
@@ -115,4 +114,5 @@ def test_bad_quantization_requests(small_vgg, synth_root):
         Q.prepare(M.resnet34(4, width_div=16), torch.zeros(1, 3, 32, 32))
     data = D.voc_data(str(synth_root), None, 32)
     with pytest.raises(ValueError, match="PTQ trains nothing"):
-        R.quantize(small_vgg, "t", "sswa", data, None)
+        R.quantized(R.Setup(data, small_vgg, {"key": "t"}), None, {"layer": "last_conv", "p": 0.3, "beta": {}},
+                    ("sswa", 0))

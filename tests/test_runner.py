@@ -4,29 +4,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from apnb import cli, records, runner
+from apnb import runner
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def mini_repo(tmp_path, monkeypatch):
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "profiles").mkdir()
-    (tmp_path / "book").mkdir()
-    (tmp_path / "apnb").mkdir()
-    (tmp_path / "apnb" / "x.py").write_text("A = 1\n")
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    p = nbformat.v4.new_code_cell("a = 1\nb = 'x'")
-    p.metadata["tags"] = ["parameters"]
-    nb.cells = [p, nbformat.v4.new_code_cell("from apnb import records\nrecords.log('t', [{'metric': 'a', 'value': a}])")]
-    nbformat.write(nb, tmp_path / "notebooks" / "n1.ipynb")
-    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/n1\n")
-    (tmp_path / "profiles" / "p.yml").write_text("defaults: {a: 2, zzz: 3}\nnotebooks: {n1: {b: y}}\n")
-    (tmp_path / "profiles" / "bad.yml").write_text("defaults: {}\nnotebooks: {n1: {nope: 1}}\n")
-    monkeypatch.setenv("APNB_ROOT", str(tmp_path))
-    return tmp_path
 
 
 def test_params_merge_and_unknown_keys(mini_repo):
@@ -132,19 +112,6 @@ def test_failed_cell_names_the_notebook(mini_repo):
     # nothing half-written is left: no partial record, no temporary notebook, no record at all
     left = [p.name for p in runner.runs_dir("p").iterdir() if "partial" in p.name or ".tmp." in p.name]
     assert left == [] and not (runner.runs_dir("p") / "n1.results.json").exists()
-
-
-def test_cli_help_and_errors(capsys, mini_repo):
-    with pytest.raises(SystemExit):
-        cli.main(["--help"])
-    assert "run" in capsys.readouterr().out
-    assert cli.main(["run", "notebooks/n1.ipynb", "--profile", "nope"]) == 2
-    assert "profile 'nope' not found" in capsys.readouterr().err
-
-
-def test_record_rows_need_metric_and_value(tmp_path):
-    with pytest.raises(ValueError, match="metric"):
-        records.log("t", [{"x": 1}], tmp_path / "r.json")
 
 
 def test_parameter_cells_hold_the_demo_profile():

@@ -52,6 +52,7 @@ def voc_data(data_root: str, synth: dict | None, image_size: int, augment: bool 
         d["val_cueflip"] = VOCClassification(root, "val_cueflip", **kw)
     d["classes"] = d["train"].classes
     d["id"] = _data_id(root, d["train"], data_root)
+    d["multilabel"] = True
     return d
 
 
@@ -89,6 +90,7 @@ def imagenet_data(data_root: str, synth: dict | None, image_size: int, gtsegs: s
         d["val"] = d["loc"] = ImageNetS(root, "validation", size=image_size, limit=limit)
     d["classes"] = d["train"].wnids
     d["id"] = _data_id(root, d["train"], data_root)
+    d["multilabel"] = False
     return d
 
 
@@ -101,8 +103,25 @@ def cifar_data(root: str, num_classes: int = 10, limit_train: int | None = None,
         tr = torch.utils.data.TensorDataset(*(t[:limit_train] for t in tr.tensors))
     if limit_test:
         te = torch.utils.data.TensorDataset(*(t[:limit_test] for t in te.tensors))
-    return {"root": path, "train": tr, "val": te, "classes": list(range(num_classes)),
+    return {"root": path, "train": tr, "val": te, "classes": list(range(num_classes)), "multilabel": False,
             "id": {"root": str(root), "cifar": num_classes, "n_train": len(tr), "n_test": len(te)}}
+
+
+DATASETS = ("voc", "imagenet", "cifar")
+
+
+def load_data(benchmark: dict) -> dict:
+    """The data of a profile's ``benchmark`` mapping: ``dataset`` (default ``voc``: :func:`voc_data` of ``root``,
+    ``synth``, ``image_size``; ``imagenet``: :func:`imagenet_data`, with ``gtsegs``; ``cifar``:
+    :func:`cifar_data` of ``root`` with ``classes``)."""
+    kind = benchmark.get("dataset", "voc")
+    if kind == "voc":
+        return voc_data(benchmark["root"], benchmark.get("synth"), benchmark["image_size"])
+    if kind == "imagenet":
+        return imagenet_data(benchmark["root"], benchmark.get("synth"), benchmark["image_size"], benchmark.get("gtsegs"))
+    if kind == "cifar":
+        return cifar_data(benchmark["root"], benchmark.get("classes", 10))
+    raise ValueError(f"benchmark.dataset={kind!r}: use one of {', '.join(DATASETS)}")
 
 
 def tensors(dataset, device="cpu"):
