@@ -87,6 +87,17 @@ def log_p2(summary: dict) -> None:
                 + [{"claim": "P2", "metric": "holds", "value": summary["holds"]}])
 
 
+def p2_check(teacher: dict, naive: list[dict]):
+    """A chapter's P2 step: :func:`p2_summary` of its ``naive`` students' rows against the ``teacher``'s row, recorded
+    (:func:`log_p2`), glued as ``p2_holds`` for the page's text, and returned as :func:`p2_table` to show."""
+    from myst_nb import glue
+
+    summary = p2_summary(teacher, naive)
+    glue("p2_holds", "holds" if summary["holds"] else "does not hold", display=False)
+    log_p2(summary)
+    return p2_table(summary)
+
+
 def p2_table(summary: dict):
     """:func:`p2_summary` as a reader's table: each condition of P2, what it requires, this run's value (points,
     mean ± 95 % half-width over seeds) and whether it holds."""

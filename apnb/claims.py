@@ -309,14 +309,18 @@ def sentence(row: dict) -> str:
 
 
 def finish(chapter: str, evidence: dict[str, Evidence], glue_name: str, calibration: dict | None = None,
-           notes=(), path: str | Path | None = None):
+           notes=(), path: str | Path | None = None, minutes: tuple[str, float] | None = None):
     """End a paper chapter: decide its claims, log the verdict rows (table ``verdict``) to the run record, glue
     the Findings lines as ``glue_name`` and the forest plot as ``glue_name + '_forest'``; returns the decided
-    rows. ``notes`` (:func:`apnb.report.note` lines) follow the claims, as descriptions."""
+    rows. ``notes`` (:func:`apnb.report.note` lines) follow the claims, as descriptions; ``minutes = (name,
+    start time)`` glues the chapter's wall time in minutes (:func:`apnb.report.glue_minutes`)."""
     from myst_nb import glue
     from IPython.display import Markdown
 
     from . import plots, records, report
+
+    if minutes:
+        report.glue_minutes(*minutes)
 
     df = decide_chapter(chapter, evidence, calibration, path)
     recs = df.to_dict("records")

@@ -43,6 +43,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -84,6 +85,7 @@ class Setup:
     eval_layer: str = "last_conv"  # the layer whose Grad-CAM maps are scored (the benchmark's)
     guards: Guards | dict | None = None  # the benchmark's premise guards, for every network built on the teacher
     store: Store | None = None  # the checkpoint store (None: $APNB_STORE, default build/store)
+    started: float = field(default_factory=time.time)  # when the chapter began (setup's call): its wall time
 
     @property
     def key(self) -> str:
@@ -107,6 +109,7 @@ def setup(benchmark: dict, teacher_recipe: dict, device="auto", store: Store | N
     teacher on the same data), the teacher of ``teacher_recipe`` ``{spec, pretrained, pretrain, train}``
     (trained once, stored, guarded by ``benchmark["guards"]``) and, with ``evaluate`` and data with masks,
     its row and maps at ``benchmark["eval_layer"]`` (default ``last_conv``)."""
+    started = time.time()
     dev = resolve_device(device)
     data = data if data is not None else load_data(benchmark)
     spec = dict(teacher_recipe["spec"], num_classes=len(data["classes"]))
@@ -115,7 +118,7 @@ def setup(benchmark: dict, teacher_recipe: dict, device="auto", store: Store | N
                              teacher_recipe.get("pretrained", False), store=store, device=dev, progress=progress,
                              guards=guards)
     S = Setup(data, teacher, info, spec=spec, device=dev, image_size=benchmark.get("image_size", 227),
-              eval_layer=benchmark.get("eval_layer", "last_conv"), guards=guards, store=store)
+              eval_layer=benchmark.get("eval_layer", "last_conv"), guards=guards, store=store, started=started)
     if evaluate and "loc" in data:
         S.row, S.loc = evaluate_model(teacher, data, S.eval_layer, dev, multilabel=S.multilabel)
     return S

@@ -127,6 +127,30 @@ def verdict_rows(lines, study: str | None = None, **extra) -> list[dict]:
     return rows
 
 
+def glue_minutes(name: str, started: float) -> None:
+    """Glue the minutes since ``started`` (``time.time()``) as ``name``: a chapter's wall time on its page."""
+    import time
+
+    from myst_nb import glue
+
+    glue(name, round((time.time() - started) / 60, 1), display=False)
+
+
+def finish_notes(glue_name: str, lines, rows: list[dict] | None = None,
+                 minutes: tuple[str, float] | None = None) -> None:
+    """End a chapter beyond the paper (it tests no row of the claims table): glue its :class:`Verdict` lines as
+    the Findings list ``glue_name`` and log them to the run record (table ``verdict``); ``rows``: the rows to
+    log when the chapter labels them itself (default :func:`verdict_rows` of ``lines``); ``minutes = (name,
+    start time)``: :func:`glue_minutes`."""
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    if minutes:
+        glue_minutes(*minutes)
+    glue(glue_name, Markdown("\n".join(f"- {line}" for line in lines)), display=False)
+    records.log("verdict", verdict_rows(lines) if rows is None else rows)
+
+
 def study_answers(rec: dict, study: str) -> str:
     """The answers a run record (:func:`apnb.records` rows) gives to one ``study``: its verdict rows'
     ``answer`` fields, joined; a record written before verdicts carried their parts is a clear error."""
