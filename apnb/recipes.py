@@ -5,19 +5,17 @@ each fine-tuned with the task (or KD) loss plus beta times an attribution-matchi
 One public function per recipe, all in one argument order: the :class:`Setup`, the profile's recipe mapping,
 the matching mapping, the runs (``(method, seed)`` pairs or :class:`Job` objects), then options.
 
-=========================================================  =========================================================
-:func:`setup` ``(benchmark, teacher_recipe, device)``      the data, the stored and guarded teacher, its row: the
-                                                           first step of every chapter (VOC, ImageNet-like, CIFAR)
-:func:`students` ``(S, kd, matching, runs)``               knowledge distillation (Sec. 4.1), in cohorts
-:func:`unstructured_net` ``(S, unstructured, matching,     iterative magnitude pruning with a fine-tune after each
-run)``                                                     round (Sec. 4.2)
-:func:`structured_nets` ``(S, structured, matching,        one-shot l1 channel pruning and fine-tunes (Sec. 4.3),
-runs)``                                                    in cohorts
-:func:`quantized` ``(S, qat, matching, run)``              int8/int4 PTQ (``qat=None``) or QAT (study 7)
-:func:`compared_networks` ``(S, kd, matching, seed)``      the networks a qualitative figure shows side by side
-:class:`StructuredStudy`                                   a grid of structured fine-tunes of the matching's design
-:func:`job` / :class:`Job`                                 one network of a recipe (method, seed, overrides)
-=========================================================  =========================================================
+- :func:`setup` ``(benchmark, teacher_recipe, device)``: the data, the stored and guarded teacher and its row;
+  the first step of every chapter (VOC, ImageNet-like or CIFAR data);
+- :func:`students` ``(S, kd, matching, runs)``: knowledge distillation (Sec. 4.1), in cohorts;
+- :func:`unstructured_net` ``(S, unstructured, matching, run)``: iterative magnitude pruning with a fine-tune
+  after each round (Sec. 4.2);
+- :func:`structured_nets` ``(S, structured, matching, runs)``: one-shot l1 channel pruning and its fine-tunes
+  (Sec. 4.3), in cohorts;
+- :func:`quantized` ``(S, qat, matching, run)``: PTQ (``qat=None``) or QAT at 8 or 4 bits (study 7);
+- :func:`compared_networks` ``(S, kd, matching, seed)``: the networks a qualitative figure shows side by side;
+- :class:`StructuredStudy`: a grid of structured fine-tunes of the matching's design (chapter 20);
+- :func:`job` and :class:`Job`: one network of a recipe (method, seed, overrides).
 
 The recipe mappings (``profiles/*.yml``; :mod:`apnb.validate` checks their fields)::
 

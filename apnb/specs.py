@@ -99,7 +99,7 @@ class MatchingConfig:
 
 
 # a compression method of a chapter (``methods``, ``structured_methods``, ``qat_methods``): ``naive`` (no
-# matching term) or a matching kind (apnb.recipes.matching_for)
+# matching term) or a registered matching kind (apnb.kinds; apnb.recipes.Job.matching)
 COMPRESSION_METHODS = ("naive",) + tuple(k for k in KINDS if k != "none")
 
 # ------------------------------------------------------------------ premise guards (apnb.guards)
@@ -138,6 +138,9 @@ ARCH_OPTIONS = {
     "resnet34": ("num_classes", "width_div", "maxpool"),
     "preact_resnet18": ("num_classes", "width_div"),
 }
+
+# the kinds of data a benchmark mapping names (apnb.data.splits.load_data)
+DATASETS = ("voc", "imagenet", "cifar")
 
 # apnb.attribution.attribute's methods
 ATTRIBUTION_METHODS = ("gradcam", "ebp", "lrp", "rap", "saliency", "inputgrad", "ig", "eg", "agi", "lpi", "occlusion")

@@ -14,7 +14,8 @@ import os
 
 from .config import resolve_path
 from .data.synthetic import SynthConfig
-from .specs import ARCH_OPTIONS, ATTRIBUTION_METHODS, COMPRESSION_METHODS, Guards, MatchingConfig, TrainConfig
+from .specs import (ARCH_OPTIONS, ATTRIBUTION_METHODS, COMPRESSION_METHODS, DATASETS, Guards, MatchingConfig,
+                    TrainConfig)
 
 
 class ParameterError(ValueError):
@@ -163,6 +164,11 @@ def _recipe(fields: dict, required: tuple[str, ...]):
     return rule
 
 
+def _dataset(v):
+    if v not in DATASETS:
+        raise ValueError(f"must be one of {', '.join(DATASETS)} (apnb.data.splits.load_data)")
+
+
 def _layer(v):
     if not (isinstance(v, str) and v):
         raise ValueError("must be a layer name (last_conv, last_pool, conv4_3 or a module path)")
@@ -206,7 +212,7 @@ RULES = {
     # size; for the ImageNet chapter the segmentation masks' file), the layer whose maps are scored, and the
     # premise guards every network trained on it must pass (apnb.guards)
     "benchmark": _recipe({"root": _path, "synth": _synth, "image_size": _pos_int, "gtsegs": _path,
-                          "eval_layer": _layer, "guards": _guards},
+                          "eval_layer": _layer, "guards": _guards, "dataset": _dataset},
                          ("root", "synth", "image_size", "eval_layer", "guards")),
     "matching": _recipe({"layer": _layer, "p": _p, "beta": _beta}, ("layer", "p", "beta")),
     "kd": _recipe({"div": _pos_int, "T": _positive, "alpha": _unit, "train": _train}, ("div", "T", "alpha", "train")),
@@ -216,7 +222,7 @@ RULES = {
 }
 
 
-# a teacher (:func:`apnb.recipes.train_teacher`): the network, ImageNet initialisation, the cue-free
+# a teacher (:func:`apnb.recipes.setup`): the network, ImageNet initialisation, the cue-free
 # pretraining phase (synthetic data only) and the training on the cued split
 _TEACHER = _recipe({"spec": _spec, "pretrained": _bool, "pretrain": _train, "train": _train}, ("spec", "train"))
 

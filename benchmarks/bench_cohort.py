@@ -2,12 +2,13 @@
 
 One grid of the demo's main student size (4 methods x 3 seeds of KD students, the demo profile's data,
 teacher architecture, student schedule and beta) is trained twice into two empty stores: one student at a
-time (:func:`apnb.recipes.distill`, as a loop over the grid would), then as cohorts
-(:func:`apnb.recipes.distill_many`: the students of one seed share each batch and one teacher pass).
+time (:func:`apnb.recipes.students` with one run per call, as a loop over the grid would), then as cohorts
+(:func:`apnb.recipes.students` with the whole grid: the students of one seed share each batch and one teacher
+pass).
 The teacher has the demo architecture with its seeded initial weights, untrained: the cost of a step does
 not depend on what the teacher has learned. Both runs must give the same networks; the script checks it.
 With ``--grid structured`` the grid is that of notebook 03 instead: the teacher l1-pruned at the demo
-rate, fine-tuned with each method (:func:`apnb.recipes.prune_structured_many`); there the pruned
+rate, fine-tuned with each method (:func:`apnb.recipes.structured_nets`); there the pruned
 network is much cheaper than the teacher, so the shared teacher pass is most of each step. The last line
 is the ratio:
 

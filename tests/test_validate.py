@@ -21,6 +21,8 @@ PY = sys.executable
     ("methods", "[naive, sswaa]", r"unknown compression methods \['sswaa'\]"),
     ("benchmark.synth.classes", "0", "classes=0"),
     ("benchmark.synth.nope", "1", r"unknown SynthConfig fields \['nope'\]"),
+    ("benchmark.dataset", "mnist", "dataset: must be one of voc, imagenet, cifar"),
+    ("methods", "[naive, catkd]", r"unknown compression methods \['catkd'\]: use naive, ewa"),
     ("seeds", "[0, 1", "-p seeds line 1 column 6: not valid YAML"),
 ])
 def test_validation_gaps_are_closed(key, value, match, capsys):

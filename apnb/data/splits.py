@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..config import resolve_path
+from ..specs import DATASETS
 from . import synthetic
 from .cifar import load_cifar
 from .imagenet import GtSegsIJCV, ImageNetS
@@ -105,9 +106,6 @@ def cifar_data(root: str, num_classes: int = 10, limit_train: int | None = None,
         te = torch.utils.data.TensorDataset(*(t[:limit_test] for t in te.tensors))
     return {"root": path, "train": tr, "val": te, "classes": list(range(num_classes)), "multilabel": False,
             "id": {"root": str(root), "cifar": num_classes, "n_train": len(tr), "n_test": len(te)}}
-
-
-DATASETS = ("voc", "imagenet", "cifar")
 
 
 def load_data(benchmark: dict) -> dict:
