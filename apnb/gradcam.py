@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .models import ModelError, get_module, layer_alias
+from .models import ModelError, get_module, layer_alias, layer_paths
 
 
 class Tap:
@@ -39,7 +39,7 @@ class Tap:
         if isinstance(model, nn.parallel.DistributedDataParallel):  # hook the wrapped module's layers
             model = model.module
         self.model = model
-        self.layers = [layer_alias(model, n) for n in ([layers] if isinstance(layers, str) else layers)]
+        self.layers = layer_paths(model, layers)
         self.detach = detach
         self.acts: dict[str, torch.Tensor] = {}
         self._handles = []

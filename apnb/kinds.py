@@ -13,7 +13,10 @@ A kind declares everything the library needs to know about it:
   module needs no torch and the parameter check (:mod:`apnb.validate`) stays fast;
 - ``check(cfg, student_shape, teacher_shape, layer)``: a one-line error for a pair of networks it cannot
   match, beyond the equal map sizes every map-matching kind needs;
-- ``logit_kd``: whether distillation keeps Hinton's logit term beside it (a method that drops it says so).
+- ``logit_kd``: whether distillation keeps Hinton's logit term beside it (a method that drops it says so);
+- ``layers``: where the method matches whatever the recipe's layer says (attention transfer: the stage ends);
+- ``needs_head``: it needs a global-pooling head (CAT-KD's class activation maps), checked before training;
+- ``control``: it matches something other than the teacher's map of the same image (a control of the book).
 
 =================  ======================  ==================================================  ===========================
 kind               teacher                 maps and distance                                   source
@@ -31,6 +34,15 @@ kind               teacher                 maps and distance                    
                                                                                                gradient AT
 ``e2kd``           grads                   as swa, resized to the input; ``1 - cos``           Parchami-Araghi et al.,
                                                                                                ECCV 2024 (e2KD)
+``at``             acts                    as ewa, at the end of every stage (``stage_ends``)  Zagoruyko & Komodakis,
+                                                                                               ICLR 2017 (AT)
+``cat_kd``         acts                    the class activation maps of all classes (features  Guo et al., CVPR 2023
+                                           x classifier weights), pooled to ``cam_size``,      (CAT-KD); no logit KD
+                                           normalised per map, mean squared error
+``center_prior``   grads                   control: the student's SWA map against a centred    this book (a control)
+                                           Gaussian, not the teacher's map
+``sswa_shuffled``  grads                   control: as sswa, against the teacher's map of the  this book (a control)
+                                           next image in the batch
 =================  ======================  ==================================================  ===========================
 
 **Adding a kind** is one class here with ``@register`` and one test (``CONTRIBUTING.md``): the regularizer,
@@ -50,6 +62,9 @@ class Kind:
     logit_kd: bool = True
     source: str = ""
     paper: bool = False  # one of the paper's regularizers (EWA, SWA, SSWA)
+    layers: tuple | None = None  # where the method matches, whatever the recipe's layer (None: the recipe's)
+    needs_head: bool = False  # needs a global-pooling head whose classifier makes class maps (CAT-KD)
+    control: bool = False  # a control: matches something other than the teacher's own map of the image
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
         """Eq. 2's term at one layer: student activations ``a_s`` and gradients ``g_s`` (None unless ``teacher
@@ -157,3 +172,59 @@ class E2KD(Kind):
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
         return ctx.cosine(ctx.maps(a_s, g_s), ctx.maps(a_t, g_t), ctx.input_size)
+
+
+@register
+class AT(Kind):
+    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017) in its multi-layer form: EWA's map, the channel mean
+    of the squared activations, normalised and matched by Eq. 2's l2 at the end of every stage, summed over the
+    stages (mdistiller's ``at_loss``). Weight 1000 as mdistiller's AT (the original code weighs beta/2 with
+    beta = 1000)."""
+    name, beta, teacher, source = "at", 1000.0, "acts", "Zagoruyko & Komodakis, ICLR 2017"
+    layers = ("stage_ends",)
+
+    def term(self, ctx, a_s, g_s, a_t, g_t):
+        return ctx.l2(a_s.pow(2).mean(1), a_t.pow(2).mean(1))
+
+
+@register
+class CATKD(Kind):
+    """Class attention transfer (Guo et al., CVPR 2023; GzyAftermath/CAT-KD): the class activation maps of every
+    class, the last feature map times the classifier's weights as a 1x1 convolution, average-pooled to
+    ``cam_size`` (2 by default), normalised per map and matched by the mean squared error; the task loss beside
+    it and no logit KD term, as the authors' CAT-KD. Weight 400 and normalised maps, the authors' defaults
+    (their per-dataset configs turn the normalisation off and weigh 0.5 to 4.5). Needs a global-pooling head."""
+    name, beta, teacher, source = "cat_kd", 400.0, "acts", "Guo et al., CVPR 2023"
+    logit_kd, needs_head = False, True
+
+    def term(self, ctx, a_s, g_s, a_t, g_t):
+        side = ctx.cfg.cam_size
+        ms = ctx.unit(ctx.pool(ctx.class_maps(a_s, "student"), side))
+        mt = ctx.unit(ctx.pool(ctx.class_maps(a_t, "teacher"), side))
+        return (ms - mt).pow(2).mean()
+
+
+@register
+class CenterPrior(Kind):
+    """A control: the student's SWA map (the teacher's top class) matched by Eq. 2's l2 to a centred Gaussian
+    (standard deviation a quarter of the map's side), not to the teacher's map. Does the regularizer teach only
+    a centre prior? Weight: SWA's."""
+    name, beta, teacher, source = "center_prior", 50.0, "grads", "a control of this book"
+    control = True
+
+    def term(self, ctx, a_s, g_s, a_t, g_t):
+        ms = ctx.maps(a_s, g_s)
+        return ctx.l2(ms, ctx.center(ms))
+
+
+@register
+class SSWAShuffled(Kind):
+    """A control: SSWA against the teacher's map of the next image in the batch (the batch rolled by one), so the
+    student learns the teacher's kind of map but not the map of its own image. Weight: SSWA's."""
+    name, beta, teacher, source = "sswa_shuffled", 50.0, "grads", "a control of this book"
+    control = True
+
+    def term(self, ctx, a_s, g_s, a_t, g_t):
+        b, c_t = a_t.shape[:2]
+        mt = ctx.maps(a_t, g_t, ctx.bernoulli(b, c_t))
+        return ctx.l2(ctx.maps(a_s, g_s), mt.roll(1, 0))

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .gradcam import Tap, frozen, target_scores, weighted_maps
-from .models import ModelError, layer_alias
+from .models import ModelError, layer_paths, linear_head
 from .kinds import get as kind_of
 from .specs import DEFAULT_BETA, KINDS, MatchingConfig  # noqa: F401  (torch-free, for the parameter check)
 
@@ -55,13 +55,19 @@ def cosine_distance(ms: torch.Tensor, mt: torch.Tensor, size: tuple[int, int] | 
 
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 class Batch:
     """What a kind's term (:meth:`apnb.kinds.Kind.term`) works with on one batch: the configuration, the input
     size, and the primitives of Eq. (1)-(6): Grad-CAM-style maps, Eq. 2's distance, e2KD's cosine distance and
     the SSWA masks (drawn from the regularizer's generator, recorded in ``last_masks``)."""
 
-    def __init__(self, reg: "AttributionMatching", x: torch.Tensor):
+    def __init__(self, reg: "AttributionMatching", x: torch.Tensor, student: nn.Module | None = None,
+                 teacher: nn.Module | None = None):
         self.cfg, self.reg, self.input_size = reg.cfg, reg, tuple(x.shape[-2:])
+        self.nets = {"student": student, "teacher": teacher}
 
     def maps(self, a, g, mask=None):
         """Eq. 1 with pooled gradient weights (Grad-CAM; ``per_neuron``/``relu`` from the configuration)."""
@@ -78,6 +84,31 @@ class Batch:
 
     def coded(self, b, c):
         return self.reg._coded(b, c)
+
+    def class_maps(self, a, who: str):
+        """The class activation maps ``[B,K,H,W]`` of ``a`` under the ``who`` network's global-pooling classifier
+        (its weights as a 1x1 convolution, no bias; :func:`apnb.models.linear_head`): their spatial mean plus
+        the bias is that network's logits. The teacher's weights are taken without gradient."""
+        head = linear_head(_unwrap(self.nets[who]))
+        w = head.weight if who == "student" else head.weight.detach()
+        return F.conv2d(a, w[:, :, None, None].to(a.dtype))
+
+    def pool(self, m, side: int):
+        """Average-pool maps ``[B,K,H,W]`` to ``side`` x ``side``."""
+        return F.adaptive_avg_pool2d(m, side)
+
+    def unit(self, m):
+        """Each map of ``[B,K,H,W]`` scaled to unit l2 norm (CAT-KD's normalisation)."""
+        return F.normalize(m.flatten(2), dim=2).view_as(m)
+
+    def center(self, m):
+        """A centred Gaussian of the shape of maps ``[B,H,W]``, standard deviation a quarter of each side (the
+        book's centre baseline, :func:`apnb.evaluate.baseline_attr`)."""
+        h, w = m.shape[-2:]
+        yy = torch.arange(h, device=m.device, dtype=m.dtype) - (h - 1) / 2
+        xx = torch.arange(w, device=m.device, dtype=m.dtype) - (w - 1) / 2
+        g = torch.exp(-(yy[:, None] ** 2 / (0.25 * h) ** 2 + xx[None, :] ** 2 / (0.25 * w) ** 2) / 2)
+        return g.expand_as(m)
 
 
 class AttributionMatching:
@@ -127,10 +158,11 @@ class AttributionMatching:
             return
         if teacher is None:
             raise ModelError(f"matching kind {self.cfg.kind!r} needs a teacher network")
-        shapes = {}
+        shapes, paths = {}, {}
         for name, net in (("student", student), ("teacher", teacher)):
-            for layer in self.cfg.layers:
-                layer_alias(net, layer)
+            paths[name] = layer_paths(net, self.cfg.layers)
+            if self.spec.needs_head:
+                self._check_head(name, net, x)
             was = net.training
             net.eval()
             try:
@@ -139,13 +171,37 @@ class AttributionMatching:
                 shapes[name] = [tuple(tap.acts[n].shape) for n in tap.layers]
             finally:
                 net.train(was)
-        for (s, t, layer) in zip(shapes["student"], shapes["teacher"], self.cfg.layers):
+        if len(paths["student"]) != len(paths["teacher"]):
+            raise ModelError(f"layers {self.cfg.layers}: the student has {len(paths['student'])} of them and the "
+                             f"teacher {len(paths['teacher'])}; match networks of the same family")
+        for (s, t, layer) in zip(shapes["student"], shapes["teacher"], paths["teacher"]):
             if s[2:] != t[2:]:
                 raise ModelError(f"layer {layer!r}: student map {s[2:]} and teacher map {t[2:]} differ in size; "
                                  f"match layers of equal spatial resolution")
             problem = self.spec.check(self.cfg, s, t, layer)
             if problem:
                 raise ModelError(problem)
+
+    def _check_head(self, name: str, net: nn.Module, x: torch.Tensor):
+        """A kind that makes class maps needs a global-pooling head, and the matched layer must be its input: the
+        spatial mean of the class maps plus the bias must give the network's logits."""
+        head = linear_head(_unwrap(net))
+        if head is None:
+            raise ModelError(f"matching kind {self.cfg.kind!r} needs a global-pooling head (average pool to 1x1, then "
+                             f"one Linear layer) and the {name} has another: no class activation maps, so mark "
+                             f"this method n/a for this network")
+        was = net.training
+        net.eval()
+        try:
+            with torch.no_grad(), Tap(net, self.cfg.layers[-1:]) as tap:
+                logits = net(x[:1])
+            a = tap.acts[tap.layers[0]]
+            maps = F.conv2d(a, head.weight[:, :, None, None])
+            if not torch.allclose(maps.mean((2, 3)) + head.bias, logits, atol=1e-4, rtol=1e-3):
+                raise ModelError(f"matching kind {self.cfg.kind!r}: layer {self.cfg.layers[-1]!r} of the {name} is "
+                                 f"not the input of its global-pooling head; match the last feature map (last_conv)")
+        finally:
+            net.train(was)
 
     # -- masks ---------------------------------------------------------------------------------------
     def _bernoulli(self, b, c, device="cpu"):
@@ -227,10 +283,10 @@ class AttributionMatching:
         t_logits, t_acts, t_grads, target = self.teacher_pass(teacher, x, cache)
         # the student's maps need gradients even when called under torch.no_grad (e.g. for evaluation)
         with torch.enable_grad():
-            return self._student_part(student, x, t_logits, t_acts, t_grads, target)
+            return self._student_part(student, x, t_logits, t_acts, t_grads, target, teacher)
 
-    def _student_part(self, student, x, t_logits, t_acts, t_grads, target):
-        cfg, kind, ctx = self.cfg, self.spec, Batch(self, x)
+    def _student_part(self, student, x, t_logits, t_acts, t_grads, target, teacher=None):
+        cfg, kind, ctx = self.cfg, self.spec, Batch(self, x, student, teacher)
         with Tap(student, cfg.layers) as st:
             s_logits = student(x)
         s_acts = [st.acts[n] for n in st.layers]

@@ -258,6 +258,43 @@ def layer_alias(model: nn.Module, name: str) -> str:
     raise ModelError(f"unknown layer {name!r}: use a module path such as {list(names)[1:4]} or last_conv / last_pool")
 
 
+def stage_ends(model: nn.Module) -> list[str]:
+    """The module paths at the ends of a network's stages, where attention transfer matches (Zagoruyko &
+    Komodakis): in a VGG, the ReLU before each pooling slot of ``features`` (a pool dropped at the CPU sizes
+    merges two stages); in a ResNet, ``layer1`` to ``layer4``."""
+    feats = getattr(model, "features", None)
+    if isinstance(feats, nn.Sequential):
+        ends = [i - 1 for i in range(1, len(feats)) if isinstance(feats[i], (nn.MaxPool2d, nn.Identity))
+                and isinstance(feats[i - 1], nn.ReLU)]
+        return [f"features.{i}" for i in ends]
+    names = [n for n in ("layer1", "layer2", "layer3", "layer4") if hasattr(model, n)]
+    if names:
+        return names
+    raise ModelError(f"{type(model).__name__}: no stages known for 'stage_ends'; name the layers instead")
+
+
+def layer_paths(model: nn.Module, names) -> list[str]:
+    """:func:`layer_alias` of each name, with ``stage_ends`` expanded into :func:`stage_ends`."""
+    out = []
+    for n in ([names] if isinstance(names, str) else names):
+        out += stage_ends(model) if n == "stage_ends" else [layer_alias(model, n)]
+    return out
+
+
+def linear_head(model: nn.Module) -> nn.Linear | None:
+    """The classifier of a global-pooling head (global average pool, optional dropout, one Linear layer), whose
+    weights turn the last feature map into class activation maps (CAT-KD); None for any other head (the paper
+    profile's VGG16 pools to 7x7 before its Linear(25088, K))."""
+    pool = getattr(model, "avgpool", None)
+    if not isinstance(pool, nn.AdaptiveAvgPool2d) or pool.output_size not in (1, (1, 1)):
+        return None
+    head = getattr(model, "classifier", None) or getattr(model, "fc", None)
+    if isinstance(head, nn.Sequential):
+        layers = [m for m in head if not isinstance(m, nn.Dropout)]
+        head = layers[0] if len(layers) == 1 else None
+    return head if isinstance(head, nn.Linear) else None
+
+
 def get_module(model: nn.Module, name: str) -> nn.Module:
     return dict(model.named_modules())[layer_alias(model, name)]
 

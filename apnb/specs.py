@@ -67,6 +67,7 @@ class MatchingConfig:
     per_neuron: bool = False
     mask: str = "teacher"
     reduction: str = "mean"
+    cam_size: int = 2  # CAT-KD: the side its class activation maps are average-pooled to (the authors' default)
 
     def __post_init__(self):
         if isinstance(self.layers, str):
@@ -75,6 +76,8 @@ class MatchingConfig:
         kind = _kinds.get(self.kind)  # the live registry: a kind registered later is known here too
         if self.beta is None:
             self.beta = kind.beta
+        if kind.layers:  # a kind that matches where its method says (attention transfer: the stage ends)
+            self.layers = tuple(kind.layers)
         if not self.beta >= 0:
             raise ValueError(f"beta={self.beta}: the regularizer weight must be >= 0")
         if not 0.0 <= self.p < 1.0:
@@ -85,6 +88,8 @@ class MatchingConfig:
             raise ValueError(f"mask={self.mask!r}: use teacher, both or independent")
         if self.reduction not in ("mean", "sum"):
             raise ValueError(f"reduction={self.reduction!r}: use mean (authors' scale) or sum")
+        if not (isinstance(self.cam_size, int) and self.cam_size >= 1):
+            raise ValueError(f"cam_size={self.cam_size}: the pooled class maps need a side of at least 1")
         if not self.layers:
             raise ValueError("layers is empty: name at least one layer, e.g. last_conv")
 

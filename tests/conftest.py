@@ -159,13 +159,15 @@ def make_notebook(path: Path, params: str, body: str) -> Path:
 
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
-    """A project root with one notebook ``n1`` (parameters ``a``, ``s``, ``data_root``) that logs ``a`` and
-    ``s`` and lists store entry ``x-1`` as loaded, and a profile ``p``."""
+    """A project root with one notebook ``n1`` (parameters ``a``, ``s``, ``data_root``, ``wait``) that touches
+    ``in-cell`` at the project root when its cell starts, waits ``wait`` seconds, logs ``a`` and ``s`` and lists
+    store entry ``x-1`` as loaded, and a profile ``p``."""
     for d in ("profiles", "book", "apnb"):
         (tmp_path / d).mkdir()
     (tmp_path / "apnb" / "x.py").write_text("A = 1\n")
     make_notebook(tmp_path / "notebooks" / "n1.ipynb", "a = 1\ns = 'x'\ndata_root = 'data/d'\nwait = 0",
-              "import time\nfrom apnb import records\ntime.sleep(wait)\nrecords.tally('loaded', 'x-1')\n"
+              "import os, pathlib, time\nfrom apnb import records\n"
+              "pathlib.Path(os.environ['APNB_ROOT'], 'in-cell').touch()\ntime.sleep(wait)\nrecords.tally('loaded', 'x-1')\n"
               "records.log('t', [{'metric': 'a', 'value': a, 's': s}])")
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/n1\n")
     (tmp_path / "profiles" / "p.yml").write_text("defaults: {a: 2}\n")

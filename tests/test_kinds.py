@@ -5,6 +5,8 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from apnb import kinds, specs
 from apnb import models as M
@@ -104,3 +106,118 @@ def test_a_field_added_at_its_default_keeps_every_store_key():
     assert config_key(MatchingConfig(kind="sswa", beta=50.0, p=0.3).to_dict()) == config_key(
         {"kind": "sswa", "beta": 50.0, "layers": ("last_conv",), "p": 0.3, "topk": 1, "relu": True,
          "center_logits": False, "per_neuron": False, "mask": "teacher", "reduction": "mean"})
+
+
+# ------------------------------------------------------------------ the methods since the paper, and the controls
+
+def _hooked(model, pick, inputs=False):
+    """Outputs (or ``inputs``) of the modules ``pick(name, module)`` selects, captured in forward order
+    (independent of apnb's Tap)."""
+    out, hs = [], []
+    for name, m in model.named_modules():
+        if pick(name, m):
+            hs.append(m.register_forward_hook(lambda mod, i, o: out.append(i[0] if inputs else o)))
+    return out, hs
+
+
+def test_stage_ends_and_the_global_pooling_head():
+    vgg = M.vgg("vgg16_bn", 6, width_div=4, n_pools=3, head_pool=1)
+    # 3 of 5 pools: pool4 is dropped (stages 4 and 5 merge), pool5 is an identity
+    assert M.stage_ends(vgg) == ["features.5", "features.12", "features.22", "features.41"]
+    assert M.stage_ends(M.resnet34(6, width_div=8)) == ["layer1", "layer2", "layer3", "layer4"]
+    assert M.linear_head(vgg) is vgg.classifier[1] and M.linear_head(M.resnet34(6, width_div=8)) is not None
+    assert M.linear_head(M.vgg("vgg16_bn", 20)) is None  # the paper's VOC head: 7x7 pool, Linear(25088, 20)
+
+
+def test_multi_layer_attention_transfer_equals_the_reference_formula():
+    """AT (Zagoruyko & Komodakis; mdistiller's ``at_loss``): the sum over the stage ends of
+    ``(normalize(mean_c A_s^2) - normalize(mean_c A_t^2))^2`` averaged over batch and positions."""
+    t, s = _pair()
+    x = torch.randn(4, 3, 32, 32)
+    reg = AttributionMatching(kind="at")
+    assert reg.cfg.layers == ("stage_ends",) and reg.beta == 1000.0
+    _, _, loss = reg(s, x, t)
+    ends = lambda net: {n for n, m in net.features.named_children()  # noqa: E731
+                        if isinstance(m, nn.ReLU) and isinstance(net.features[int(n) + 1], (nn.MaxPool2d, nn.Identity))}
+    acts = {}
+    for key, net in (("t", t), ("s", s)):
+        names = ends(net)
+        acts[key], hs = _hooked(net.features, lambda n, m, names=names: n in names)
+        with torch.no_grad():
+            net(x)
+        for h in hs:
+            h.remove()
+    at = lambda a: F.normalize(a.pow(2).mean(1).view(a.size(0), -1))  # noqa: E731
+    ref = sum((at(a) - at(b)).pow(2).mean() for a, b in zip(acts["s"], acts["t"]))
+    assert len(acts["t"]) == 3 and torch.allclose(loss, ref, atol=1e-7)
+    assert loss > AttributionMatching(kind="ewa")(s, x, t)[2]  # more than the last stage alone
+
+
+def test_cat_kd_equals_the_reference_formula_and_needs_its_head():
+    """CAT-KD (Guo et al., CVPR 2023): class maps = last features x classifier weights; their spatial mean plus the
+    bias is the logits; pooled to 2x2, normalised per map, mean squared error; no logit KD."""
+    t, s = _pair()
+    x = torch.randn(3, 3, 32, 32)
+    reg = AttributionMatching(kind="cat_kd")
+    reg.check(s, t, x[:1])
+    _, _, loss = reg(s, x, t)
+    cams = {}
+    for key, net in (("t", t), ("s", s)):
+        feats, hs = _hooked(net, lambda n, m: m is net.avgpool, inputs=True)  # what the global pool averages
+        with torch.no_grad():
+            logits = net(x)
+        hs[0].remove()
+        w, b = net.classifier[1].weight, net.classifier[1].bias
+        cam = torch.einsum("bchw,kc->bkhw", feats[0], w)
+        assert torch.allclose(cam.mean((2, 3)) + b, logits, atol=1e-5)
+        pooled = F.adaptive_avg_pool2d(cam, 2).flatten(2)
+        cams[key] = pooled / pooled.norm(dim=2, keepdim=True)
+    assert torch.allclose(loss, F.mse_loss(cams["s"], cams["t"]), atol=1e-6)
+    assert not kinds.REGISTRY["cat_kd"].logit_kd and reg.beta == 400.0
+    # the gradient reaches the student's classifier too (the maps are made with its weights)
+    s.zero_grad()
+    reg(s, x, t)[2].backward()
+    assert s.classifier[1].weight.grad.abs().sum() > 0 and all(p.grad is None for p in t.parameters())
+    with pytest.raises(ModelError, match="needs a global-pooling head"):
+        reg.check(M.vgg("vgg16_bn", 5, width_div=32, n_pools=2, head_pool=2).eval(), t, x[:1])
+    with pytest.raises(ModelError, match="not the input of its global-pooling head"):
+        AttributionMatching(kind="cat_kd", layers=("conv4_3",)).check(s, t, x[:1])
+    # pooled to 1x1 each map normalises to the sign of the class's mean evidence
+    one = AttributionMatching(kind="cat_kd", cam_size=1)(s, x, t)[2]
+    sign = lambda c: torch.sign(c.mean((2, 3)))  # noqa: E731
+    assert torch.allclose(one, F.mse_loss(sign(torch.einsum("bchw,kc->bkhw", *_last(s, x))),
+                                          sign(torch.einsum("bchw,kc->bkhw", *_last(t, x)))), atol=1e-6)
+
+
+def _last(net, x):
+    feats, hs = _hooked(net, lambda n, m: m is net.avgpool, inputs=True)
+    with torch.no_grad():
+        net(x)
+    hs[0].remove()
+    return feats[0], net.classifier[1].weight
+
+
+def test_the_controls_match_a_centre_prior_and_a_shuffled_teacher():
+    from apnb.evaluate import baseline_attr
+    from apnb.gradcam import gradcam
+    from apnb.matching import squared_normalized_l2
+
+    t, s = _pair()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        target = t(x).argmax(1)
+    ms, _ = gradcam(s, x, "last_conv", target)
+    mt, _ = gradcam(t, x, "last_conv", target)
+    gauss = baseline_attr("center")(None, torch.zeros(4, 3, *ms.shape[-2:]), None)
+    centre = AttributionMatching(kind="center_prior")(s, x, t)[2]
+    assert torch.allclose(centre, squared_normalized_l2(ms, gauss), atol=1e-6)
+    shuffled = AttributionMatching(kind="sswa_shuffled", p=0.0)(s, x, t)[2]
+    assert torch.allclose(shuffled, squared_normalized_l2(ms, mt.roll(1, 0)), atol=1e-6)
+    assert shuffled > 1e-4 and AttributionMatching(kind="sswa_shuffled", p=0.0)(copy.deepcopy(t), x, t)[2] > 1e-4
+    assert all(kinds.REGISTRY[k].control for k in ("center_prior", "sswa_shuffled"))
+
+
+def test_a_new_field_at_its_default_left_the_keys_alone():
+    """``cam_size`` came after the first store: at its default it is not in any key; off it, it is."""
+    assert "cam_size" not in MatchingConfig(kind="sswa").to_dict()
+    assert MatchingConfig(kind="cat_kd", cam_size=4).to_dict()["cam_size"] == 4

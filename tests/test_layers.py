@@ -93,3 +93,11 @@ def test_the_check_finds_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: src if self == planted else Path.open(self).read())
     with pytest.raises(AssertionError, match=r"apnb.models \(layer 1\) imports apnb.recipes \(layer 3\)"):
         test_no_upward_import()
+
+
+def test_every_module_has_its_test_file():
+    """``apnb/<module>.py`` is tested in ``tests/test_<module>.py`` (the ``apnb/data`` package in
+    ``tests/test_data.py``)."""
+    tests = Path(__file__).resolve().parent
+    missing = [p.name for p in ROOT.glob("*.py") if p.stem != "__init__" and not (tests / f"test_{p.stem}.py").exists()]
+    assert missing == [] and (tests / "test_data.py").exists(), f"add tests/test_<module>.py for {missing}"
