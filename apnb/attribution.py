@@ -77,6 +77,41 @@ def _lrp_composite(model):
                              canonizers=_canonizers(model))
 
 
+def filter_relevance(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite=None,
+                     batch: int = 32) -> dict[str, torch.Tensor]:
+    """The LRP relevance of every conv filter (Yeom et al., "Pruning by explaining", Pattern Recognition 2021;
+    revisited by Hatefi et al., PXP, 2024): the relevance that reaches each filter's output map, summed over its
+    positions and over the reference images ``x``, for the classes ``target`` (relevance initialised with the
+    target logit). ``composite``: a zennit composite, default this library's LRP alpha1-beta0 (BatchNorm merged
+    into the convs by zennit's canonizers). Returns ``{conv path: relevance [C_out]}``; filters that carry
+    nothing the explanation uses score 0. Used by :func:`apnb.compression.prune_l1_structured` (``scores=``)."""
+    from zennit.attribution import Gradient
+
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    rel = {n: torch.zeros(m.out_channels) for n, m in convs.items()}
+    composite = composite if composite is not None else _lrp_composite(model)
+
+    def keep(name):
+        def hook(module, inp, out):
+            # after zennit's own hooks: the gradient that reaches this tensor is the relevance of the map
+            out.register_hook(lambda g: rel.__setitem__(name, rel[name] + g.detach().sum((0, 2, 3)).cpu()))
+        return hook
+
+    with torch.enable_grad(), frozen(model), mode(model, False):
+        with Gradient(model=model, composite=composite) as attributor:
+            handles = [m.register_forward_hook(keep(n)) for n, m in convs.items()]
+            try:
+                for i in range(0, len(x), batch):
+                    xx = x[i:i + batch].detach().clone().requires_grad_(True)
+                    out = model(xx)
+                    onehot = F.one_hot(target[i:i + batch], out.shape[1]).to(out.dtype)
+                    attributor(xx, onehot * out.detach())
+            finally:
+                for h in handles:
+                    h.remove()
+    return rel
+
+
 # ---------------------------------------------------------------------------------------------------------
 # RAP: Relative Attributing Propagation (Nam, Gur, Choi, Wolf, Lee, AAAI 2020)
 # ---------------------------------------------------------------------------------------------------------

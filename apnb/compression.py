@@ -93,7 +93,28 @@ def make_permanent(model: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------ structured pruning
-def prune_l1_structured(model: nn.Module, rate: float, example: torch.Tensor, layers: list[str] | None = None):
+def _scored_importance(scores: dict[nn.Module, torch.Tensor]):
+    """A torch-pruning importance that ranks the output channels of each conv by ``scores[conv]`` (one number per
+    filter, e.g. :func:`apnb.attribution.filter_relevance`) instead of by its weights."""
+    import torch_pruning as tp
+
+    class Scored(tp.importance.Importance):
+        @torch.no_grad()
+        def __call__(self, group):
+            n = len(group[0].root_idxs)
+            for item in group:
+                dep, idxs = item.dep, item.idxs
+                if dep.layer in scores and dep.pruning_fn == tp.pruner.function.prune_conv_out_channels:
+                    imp = torch.zeros(n)
+                    imp[torch.as_tensor(item.root_idxs)] = scores[dep.layer].float().cpu()[torch.as_tensor(idxs)]
+                    return imp
+            return None
+
+    return Scored()
+
+
+def prune_l1_structured(model: nn.Module, rate: float, example: torch.Tensor, layers: list[str] | None = None,
+                        scores: dict[str, torch.Tensor] | None = None):
     """One-shot l1-norm filter pruning (Li et al.) at channel rate ``rate`` with torch-pruning (DepGraph).
 
     The result is a physically smaller network (BatchNorm, the next conv and the classifier are cut to
@@ -101,7 +122,9 @@ def prune_l1_structured(model: nn.Module, rate: float, example: torch.Tensor, la
     ``sum |W|`` of each filter of that conv alone (``group_reduction="first"``, no normalisation: Li et al.),
     not torch-pruning's default group-averaged score. ``layers`` restricts pruning to those conv modules
     (the authors prune conv1_1 and conv4_1-conv5_3 of VGG16); default all convs. The final classifier is
-    never pruned. Returns ``(params_before, params_after, macs_before, macs_after)``.
+    never pruned. ``scores`` (``{conv path: one number per filter}``) ranks the filters by those numbers instead
+    of their l1 norms: the LRP relevance of :func:`apnb.attribution.filter_relevance` makes it pruning by
+    explaining (Yeom et al. 2021). Returns ``(params_before, params_after, macs_before, macs_after)``.
     """
     import torch_pruning as tp
 
@@ -116,8 +139,15 @@ def prune_l1_structured(model: nn.Module, rate: float, example: torch.Tensor, la
         if unknown:
             raise ValueError(f"unknown conv layers {unknown}: choose among {list(convs)[:5]}...")
         ignored += [m for n, m in convs.items() if n not in layers]
-    pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first"),
-                                       pruning_ratio=rate, ignored_layers=ignored, global_pruning=False)
+    if scores is None:
+        importance = tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first")
+    else:
+        missing = [n for n in convs if n not in scores and convs[n] not in ignored]
+        if missing:
+            raise ValueError(f"scores name no filter of {missing[:3]}: give one score per filter of every pruned conv")
+        importance = _scored_importance({convs[n]: v for n, v in scores.items() if n in convs})
+    pruner = tp.pruner.MagnitudePruner(model, example, importance=importance, pruning_ratio=rate,
+                                       ignored_layers=ignored, global_pruning=False)
     pruner.step()
     macs1, params1 = tp.utils.count_ops_and_params(model, example)
     return int(params0), int(params1), int(macs0), int(macs1)

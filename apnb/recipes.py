@@ -55,6 +55,7 @@ from . import precision as P
 from .config import resolve_device
 from .data.splits import load_data, train_images
 from .engine import Member, StudentObjective, Supervised, TrainConfig, cohort_key, fit, fit_cohort
+from .attribution import filter_relevance
 from .evaluate import LocResult, evaluate_model, prediction_metrics
 from .guards import Guards, check_min, check_plateau, chance_map
 from .kinds import get as kind_of
@@ -183,13 +184,17 @@ def students(S: Setup, kd: dict, matching: dict, runs, div: int | None = None, p
 
 
 def structured_nets(S: Setup, structured: dict, matching: dict, runs, progress: bool = False) -> list:
-    """One-shot l1 structured pruning (Li et al.; ``structured = {rate, layers, finetune}``) of the teacher, then a
-    fine-tune with task loss + beta * matching for each run, in cohorts. Every run prunes the same teacher at
+    """One-shot structured pruning (``structured = {rate, layers, finetune, criterion, reference_images}``) of the
+    teacher, then a fine-tune with task loss + beta * matching for each run, in cohorts. ``criterion``: ``l1``
+    (default; Li et al.: filters ranked by their weights' l1 norm) or ``lrp`` (pruning by explaining, Yeom et
+    al. 2021: by the LRP relevance that reaches each filter on ``reference_images`` training images, default
+    64, for the teacher's top-1 class; :func:`apnb.attribution.filter_relevance`). Every run prunes the same teacher at
     the same rate (deterministic), so all share one architecture; ``layers`` names the convolutions to prune
     (default: all). Returns ``[(model, info)]`` in the order of ``runs``; ``info`` holds the parameter and MAC
     counts before and after."""
     return _prune_structured(S, _jobs(runs, structured["finetune"], matching), rate=structured["rate"],
-                             prune_layers=structured.get("layers"), progress=progress)
+                             prune_layers=structured.get("layers"), criterion=structured.get("criterion", "l1"),
+                             reference_images=structured.get("reference_images", 64), progress=progress)
 
 
 def unstructured_net(S: Setup, unstructured: dict, matching: dict, run, rate: float | None = None,
@@ -408,22 +413,31 @@ def _distill(S: Setup, jobs: list[Job], *, T: float, alpha: float, progress: boo
 
 
 def _prune_structured(S: Setup, jobs: list[Job], *, rate: float, prune_layers: list[str] | None,
-                      progress: bool) -> list:
-    """One-shot l1 structured pruning of ``S.teacher`` and each job's fine-tune, in cohorts (see
+                      criterion: str = "l1", reference_images: int = 64, progress: bool) -> list:
+    """One-shot structured pruning of ``S.teacher`` and each job's fine-tune, in cohorts (see
     :func:`structured_nets`)."""
     store, device = S.store or Store(), S.device
     frozen_teacher = copy.deepcopy(S.teacher).cpu().eval()
     x0 = torch.zeros(1, 3, S.image_size, S.image_size)
+    if criterion not in ("l1", "lrp"):
+        raise ValueError(f"structured.criterion={criterion!r}: use l1 or lrp")
+    scores, how = None, {}
+    if criterion == "lrp":  # one relevance ranking of the teacher's filters serves every job
+        x_ref, _ = train_images(S.data, reference_images, 0)
+        with torch.no_grad():
+            target = frozen_teacher(x_ref).argmax(1)
+        scores = filter_relevance(copy.deepcopy(frozen_teacher), x_ref, target)
+        how = {"criterion": "lrp", "reference_images": len(x_ref)}
     work = []
     for j in jobs:
         train = P.keyed(j.train, resolve_device(device))
         reg = j.matching()
         model = copy.deepcopy(S.teacher).cpu()
-        counts = C.prune_l1_structured(model, rate, x0, prune_layers)
+        counts = C.prune_l1_structured(model, rate, x0, prune_layers, scores)
         cfg = _key({"role": "structured", "teacher": S.key, "method": j.method, "match": reg.cfg.to_dict(),
-                    "train": train, "rate": rate, "layers": prune_layers, **_extra(S)})  # key field: layers
+                    "train": train, "rate": rate, "layers": prune_layers, **_extra(S), **how})  # key field: layers
         work.append({"cfg": cfg, "model": model, "train": train, "eval_fn": j.eval_fn, "counts": counts,
-                     "group": {"rate": rate, "layers": prune_layers},
+                     "group": {"rate": rate, "layers": prune_layers, **how},
                      "name": f"structured {j.method} seed {train.get('seed', 0)}",
                      "check": (lambda reg=reg, m=model: reg.check(m, frozen_teacher.cpu(), x0)),
                      "objective": (lambda reg=reg: StudentObjective(frozen_teacher, reg, kd=False,

@@ -164,6 +164,11 @@ def _recipe(fields: dict, required: tuple[str, ...]):
     return rule
 
 
+def _criterion(v):
+    if v not in ("l1", "lrp"):
+        raise ValueError("must be l1 (filters by their weights' l1 norm) or lrp (by their LRP relevance)")
+
+
 def _dataset(v):
     if v not in DATASETS:
         raise ValueError(f"must be one of {', '.join(DATASETS)} (apnb.data.splits.load_data)")
@@ -216,7 +221,9 @@ RULES = {
                          ("root", "synth", "image_size", "eval_layer", "guards")),
     "matching": _recipe({"layer": _layer, "p": _p, "beta": _beta}, ("layer", "p", "beta")),
     "kd": _recipe({"div": _pos_int, "T": _positive, "alpha": _unit, "train": _train}, ("div", "T", "alpha", "train")),
-    "structured": _recipe({"rate": _prob, "layers": _layers, "finetune": _train}, ("rate", "finetune")),
+    # the pruning criterion: l1 (Li et al., the paper) or lrp (pruning by explaining, Yeom et al. 2021)
+    "structured": _recipe({"rate": _prob, "layers": _layers, "finetune": _train, "criterion": _criterion,
+                           "reference_images": _pos_int}, ("rate", "finetune")),
     # 05 prunes one-shot at each of its ``rates``: its recipe may leave the rate out
     "unstructured": _recipe({"rate": _prob, "iterations": _pos_int, "finetune": _train}, ("iterations", "finetune")),
 }

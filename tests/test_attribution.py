@@ -225,3 +225,47 @@ def test_attribute_batches_is_attribute_batch_by_batch(net, method):
     assert out.shape == (5, 32, 32) and torch.equal(out, ref)
     if method == "saliency":  # the per-image map does not depend on the batch it is in
         assert torch.allclose(out, attribute(net, x, t, method), atol=1e-6)
+
+
+def test_filter_relevance_is_activation_times_gradient_under_lrp0():
+    """Pruning by explaining ranks filters by the LRP relevance that reaches their output maps. Under LRP-0 (an
+    epsilon rule with epsilon ~ 0) in a bias-free ReLU network, the relevance of a tensor is the tensor times the
+    gradient of the target logit: the hand reference, from autograd alone."""
+    from zennit.composites import LayerMapComposite
+    from zennit.rules import Epsilon, Pass
+    from zennit.types import Activation, Convolution
+
+    from apnb.attribution import filter_relevance
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(),
+                        nn.Conv2d(4, 5, 3, padding=1, bias=False), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(5 * 6 * 6, 3, bias=False)).eval()
+    x = torch.rand(7, 3, 6, 6)
+    target = net(x).argmax(1)
+    lrp0 = LayerMapComposite(layer_map=[(Activation, Pass()), (Convolution, Epsilon(1e-12)), (nn.Linear, Epsilon(1e-12))])
+    rel = filter_relevance(net, x, target, composite=lrp0, batch=3)
+    acts = {}
+    hs = [net[i].register_forward_hook(lambda m, inp, out, k=i: acts.__setitem__(str(k), out)) for i in (0, 2)]
+    y = net(x).gather(1, target[:, None]).sum()
+    for h in hs:
+        h.remove()
+    grads = torch.autograd.grad(y, [acts["0"], acts["2"]])
+    for k, g in zip(("0", "2"), grads):
+        assert torch.allclose(rel[k], (acts[k] * g).sum((0, 2, 3)).detach(), atol=1e-5), k
+    assert all(p.requires_grad for p in net.parameters())  # the network is left as it was
+
+
+def test_filter_relevance_of_a_vgg_with_the_librarys_lrp():
+    """On a VGG with BatchNorm (merged by zennit's canonizer), alpha1-beta0 relevance: one non-negative number per
+    filter of every conv, the BatchNorm statistics untouched."""
+    from apnb.attribution import filter_relevance
+
+    net = M.vgg("vgg16_bn", 4, width_div=16, n_pools=2, head_pool=1).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.rand(6, 3, 32, 32)
+    rel = filter_relevance(net, x, net(x).argmax(1))
+    convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    assert list(rel) == convs and all(rel[n].shape == (dict(net.named_modules())[n].out_channels,) for n in convs)
+    assert all((r >= -1e-6).all() for r in rel.values()) and rel[convs[-1]].sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -79,3 +79,26 @@ def test_structured_resnet34_residuals():
     r = M.resnet34(5)
     p0, p1, *_ = C.prune_l1_structured(r, 0.1, torch.zeros(1, 3, 64, 64))
     assert p1 < p0 and r(torch.zeros(1, 3, 64, 64)).shape == (1, 5)
+
+
+def test_scored_pruning_with_l1_scores_is_l1_pruning_and_keeps_the_top_scored_filters():
+    """``scores=``: a ranking of the filters given from outside (pruning by explaining). With the l1 norms as
+    scores it is l1 pruning to the bit; with other scores the filters kept are the top-scored ones, in order."""
+    import copy
+
+    net = M.vgg("vgg16_bn", 4, width_div=16, n_pools=2, head_pool=1).eval()
+    x0 = torch.zeros(1, 3, 32, 32)
+    convs = {n: m for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    l1 = {n: m.weight.detach().abs().sum((1, 2, 3)) for n, m in convs.items()}
+    a, b = copy.deepcopy(net), copy.deepcopy(net)
+    assert C.prune_l1_structured(a, 0.5, x0) == C.prune_l1_structured(b, 0.5, x0, scores=l1)
+    assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+    g = torch.Generator().manual_seed(0)
+    rnd = {n: torch.rand(m.out_channels, generator=g) for n, m in convs.items()}
+    c = copy.deepcopy(net)
+    C.prune_l1_structured(c, 0.5, x0, scores=rnd)
+    first = next(iter(convs))
+    kept = rnd[first].topk(dict(c.named_modules())[first].out_channels).indices.sort().values
+    assert torch.equal(dict(c.named_modules())[first].weight, convs[first].weight[kept])
+    with pytest.raises(ValueError, match="scores name no filter"):
+        C.prune_l1_structured(copy.deepcopy(net), 0.5, x0, scores={first: rnd[first]})

@@ -1,6 +1,7 @@
 """The recipes (:mod:`apnb.recipes`): one Setup that carries the data, the teacher, the guards and the store;
 one function per recipe; the store keys of the first store; every trained network guarded."""
 import dataclasses
+import json
 
 import pandas as pd
 import pytest
@@ -176,3 +177,21 @@ def test_structured_study_evaluates_each_fine_tune_once(tmp_path, synth_root, mo
     assert len(calls) == 2 and len(_entries(tmp_path / "s")) == 2  # another field, another network
     study.run("sswa", 1, eval_fn=lambda m: {"x": 1.0})
     assert len(calls) == 3
+
+
+def test_structured_pruning_by_explaining(tmp_path, synth_root):
+    """``structured.criterion: lrp`` ranks the teacher's filters by their LRP relevance on reference images (one
+    ranking for every run): the same architecture as l1 pruning at that rate, other filters, a key of its own;
+    ``l1`` keeps the key it always had."""
+    S = dataclasses.replace(_setup(synth_root, Store(tmp_path / "t")), store=Store(tmp_path / "n"))
+    l1 = {"rate": 0.5, "layers": None, "finetune": FT}
+    lrp = dict(l1, criterion="lrp", reference_images=16)
+    (a, ai), = R.structured_nets(S, l1, MATCHING, [("naive", 1)])
+    (b, bi), (c, ci) = R.structured_nets(S, lrp, MATCHING, [("naive", 1), ("sswa", 1)])
+    assert ai["params_after"] == bi["params_after"] == ci["params_after"]
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()] and not _same(a, b)
+    cfgs = [json.loads(p.read_text()) for p in (tmp_path / "n").rglob("cfg.json")]
+    assert sorted(c.get("criterion", "l1") for c in cfgs) == ["l1", "lrp", "lrp"]
+    assert all(c["reference_images"] == 16 for c in cfgs if "criterion" in c)
+    with pytest.raises(ValueError, match="criterion='taylor'"):
+        R.structured_nets(S, dict(l1, criterion="taylor"), MATCHING, [("naive", 1)])

@@ -126,8 +126,10 @@ def test_leftovers_are_removed_and_files_follow_the_umask(repo):
 
 def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(repo):
     cmd = [PY, "-m", "apnb.cli", "run", "notebooks/n1.ipynb", "--profile", "p", "-p", "wait", "60"]
+    # as from a terminal: SIGINT at its default, whatever this test process inherited (a worker that once ran
+    # an IPython kernel in-process ignores SIGINT, and an ignored signal stays ignored across exec)
     p = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out = repo / "build" / "runs" / "p"
     t0 = time.time()
     while not (repo / "in-cell").exists() and time.time() - t0 < 120:  # the kernel is up and in its cell
