@@ -100,8 +100,8 @@ def put(k: str, row: dict, loc) -> None:
         else:
             obj_cols[c] = json.dumps(v.tolist(), default=str)
     atomic_torch_save({"row": json.dumps(row), "columns": list(loc.pairs.columns), "numeric": cols,
-                       "other": obj_cols, "maps": loc.maps, "top1": list(loc.top1) if loc.top1 is not None else None},
-                      p)
+                       "other": obj_cols, "maps": loc.maps, "top1": list(loc.top1) if loc.top1 is not None else None,
+                       "val_logits": loc.val_logits}, p)
 
 
 def get(k: str):
@@ -116,7 +116,7 @@ def get(k: str):
         data = {c: (e["numeric"][c].numpy() if c in e["numeric"] else json.loads(e["other"][c]))
                 for c in e["columns"]}
         loc = LocResult(pd.DataFrame(data, columns=e["columns"]), e["maps"],
-                        tuple(e["top1"]) if e["top1"] is not None else None)
+                        tuple(e["top1"]) if e["top1"] is not None else None, e.get("val_logits"))
         row = json.loads(e["row"])
     except Exception:  # noqa: BLE001 - an unreadable entry is scored again and replaced
         return None

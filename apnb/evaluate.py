@@ -43,8 +43,13 @@ def predict(model, dataset, device="auto", batch_size=128):
     return torch.cat(outs), torch.cat(ys)
 
 
-def prediction_metrics(model, dataset, device="auto", multilabel=True) -> dict:
-    logits, y = predict(model, dataset, device)
+def prediction_metrics(model, dataset, device="auto", multilabel=True, logits=None) -> dict:
+    """mAP, image-AP and F1 (multi-label) or top-1 accuracy of ``model`` on ``dataset``; ``logits``: a list that
+    receives the logits, for the caller to reuse."""
+    logits_, y = predict(model, dataset, device)
+    if logits is not None:
+        logits.append(logits_)
+    logits = logits_
     if multilabel:
         return {"mAP": Mt.voc_map(logits, y), "image_AP": Mt.image_ap(logits, y), "F1": Mt.f1_samples(logits, y)}
     return {"top1": Mt.top1(logits, y)}
@@ -58,6 +63,7 @@ class LocResult:
     pairs: pd.DataFrame
     maps: torch.Tensor
     top1: tuple | None = None
+    val_logits: torch.Tensor | None = None  # the network's logits on val: a student's fidelity to its teacher
 
     def summary(self, strict: bool = True) -> dict:
         """Means over correctly predicted pairs. With ``strict=False`` an empty selection gives NaNs."""
@@ -263,7 +269,9 @@ def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", a
                    reference: LocResult | None = None, multilabel: bool = True,
                    match_layer: str | None = None) -> tuple[dict, LocResult]:
     """One row of Tables 2-7: parameters, mAP, image-AP, F1, AUC, point accuracy (+ cos, l2 vs. ``reference``,
-    the teacher's :class:`~apnb.evaluate.LocResult`). Empty selections give NaN rather than an error.
+    the teacher's :class:`~apnb.evaluate.LocResult`, and the student's fidelity to it on val:
+    :func:`apnb.metrics.fidelity`'s ``agree_top1`` and ``kl_teacher``). Empty selections give NaN rather than an
+    error.
 
     On the synthetic benchmark ``mAP_nocue`` is the mAP on the same val images re-rendered without the
     context cue: the gap ``mAP - mAP_nocue`` measures how much the network relies on the shortcut. Real VOC
@@ -291,7 +299,9 @@ def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", a
         if grad_cam:
             loc.top1 = top1_maps(model, data["val"], match_layer or layer, device, targets)
         row = {"params": M.count_params(model, nonzero=True)}
-        row.update(prediction_metrics(model, data["val"], device, multilabel=multilabel))
+        kept = []
+        row.update(prediction_metrics(model, data["val"], device, multilabel=multilabel, logits=kept))
+        loc.val_logits = kept[0]
         if "val_nocue" in data:  # the same val images without their context cue: reliance on the shortcut
             row["mAP_nocue"] = prediction_metrics(model, data["val_nocue"], device)["mAP"]
         elif multilabel:
@@ -303,6 +313,8 @@ def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", a
         row.update(similarity(reference, loc, strict=False))
         if reference.top1 is not None and loc.top1 is not None:
             row.update(top1_similarity(reference.top1, loc.top1))
+        if reference.val_logits is not None and loc.val_logits is not None:
+            row.update(Mt.fidelity(reference.val_logits, loc.val_logits, multilabel))
     return row, loc
 
 
@@ -342,18 +354,19 @@ def evaluate_with_shortcuts(model, data: dict, layer: str = "last_conv", device=
 def quantized_row(q, bits: int, data: dict, agreement_x: torch.Tensor, layer: str = "last_conv", device="auto",
                   reference: LocResult | None = None) -> dict:
     """:func:`evaluate_model`'s row of a fake-quantized network (supplement: quantization), with the deployed
-    int8 network beside it at 8 bits: ``mAP_int8`` (its mAP on the val split, CPU kernels) and ``agree_top1`` /
-    ``agree_rel`` (:func:`apnb.quantization.agreement` on the images ``agreement_x``).
+    int8 network beside it at 8 bits: ``mAP_int8`` (its mAP on the val split, CPU kernels) and
+    ``int8_agree_top1`` / ``int8_agree_rel`` (:func:`apnb.quantization.agreement` of the two on the images
+    ``agreement_x``; ``agree_top1`` is the fake-quant network's agreement with the teacher, as for any network).
 
     Below 8 bits the int8 kernels do not clamp to the narrower range, so only the fake-quant network is that
     network: the three int8 values are NaN there."""
     row, _ = evaluate_model(q, data, layer, device, reference=reference)
-    row.update(mAP_int8=float("nan"), agree_top1=float("nan"), agree_rel=float("nan"))
+    row.update(mAP_int8=float("nan"), int8_agree_top1=float("nan"), int8_agree_rel=float("nan"))
     if bits == 8:
         i8 = Q.to_int8(q)
         agree = Q.agreement(q, i8, agreement_x)
-        row.update(mAP_int8=prediction_metrics(i8, data["val"], "cpu")["mAP"], agree_top1=agree["top1"],
-                   agree_rel=agree["rel"])
+        row.update(mAP_int8=prediction_metrics(i8, data["val"], "cpu")["mAP"], int8_agree_top1=agree["top1"],
+                   int8_agree_rel=agree["rel"])
     return row
 
 

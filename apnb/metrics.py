@@ -210,3 +210,20 @@ def normalized_l2(mt: torch.Tensor, ms: torch.Tensor) -> torch.Tensor:
     a = F.normalize(mt.flatten(1).double(), dim=1)
     b = F.normalize(ms.flatten(1).double(), dim=1)
     return (b - a).norm(dim=1)
+
+
+def fidelity(t_logits: torch.Tensor, s_logits: torch.Tensor, multilabel: bool = True) -> dict:
+    """How far a student agrees with its teacher on the same images, beside its accuracy (Stanton et al., "Does
+    knowledge distillation really work?", NeurIPS 2021): ``agree_top1``, the share of images whose top-1 class
+    is the teacher's, and ``kl_teacher``, the predictive KL divergence KL(teacher || student): for multi-label
+    outputs the mean over images and classes of the KL between the two sigmoid (Bernoulli) outputs, for
+    single-label ones the mean over images of the KL between the two softmax outputs."""
+    t, s = t_logits.double(), s_logits.double()
+    agree = float((t.argmax(1) == s.argmax(1)).double().mean())
+    if multilabel:
+        # KL(Bern(p) || Bern(q)) = p (log p - log q) + (1 - p) (log(1 - p) - log(1 - q)), in log-sigmoids
+        p = torch.sigmoid(t)
+        kl = p * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p) * (F.logsigmoid(-t) - F.logsigmoid(-s))
+        return {"agree_top1": agree, "kl_teacher": float(kl.mean())}
+    kl = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")
+    return {"agree_top1": agree, "kl_teacher": float(kl)}

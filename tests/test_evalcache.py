@@ -28,6 +28,7 @@ def _same(a, b):
     assert (la.top1 is None) == (lb.top1 is None)
     if la.top1 is not None:
         assert all(torch.equal(x, y) for x, y in zip(la.top1, lb.top1))
+    assert torch.equal(la.val_logits, lb.val_logits)
 
 
 def test_hit_equals_the_scoring(setup, monkeypatch):
@@ -36,14 +37,18 @@ def test_hit_equals_the_scoring(setup, monkeypatch):
     t1 = E.evaluate_model(teacher, data, device="cpu")
     s1 = E.evaluate_model(student, data, device="cpu", reference=t1[1])
     assert len(list(cache.glob("*.pt"))) == 2
-    calls = []
+    calls, real = [], E.localization
     monkeypatch.setattr(E, "localization", lambda *a, **k: calls.append(1))  # a hit scores nothing
     t2 = E.evaluate_model(teacher, data, device="cpu")
     s2 = E.evaluate_model(student, data, device="cpu", reference=t2[1])
     assert not calls and len(list(cache.glob("*.pt"))) == 2
     _same(t1, t2)
     _same(s1, s2)
-    assert {"cos", "l2", "cos_top1"} <= set(s2[0])
+    assert {"cos", "l2", "cos_top1", "agree_top1", "kl_teacher"} <= set(s2[0])
+    monkeypatch.setattr(E, "localization", real)
+    # the teacher against its own maps and logits: full agreement, no divergence
+    own, _ = E.evaluate_model(teacher, data, device="cpu", reference=t2[1])
+    assert own["agree_top1"] == 1.0 and abs(own["kl_teacher"]) < 1e-12
 
 
 def test_misses(setup):

@@ -125,3 +125,23 @@ def test_tolerance_for_image_size():
     assert Mt.tolerance_for(224) == 15
     assert Mt.tolerance_for(227) == 15
     assert Mt.tolerance_for(64) == 4
+
+
+def test_fidelity_by_hand():
+    """Top-1 agreement and the predictive KL of a student to its teacher (Stanton et al., NeurIPS 2021), against
+    the formulas written out in numpy: Bernoulli KL per class for sigmoid outputs, categorical KL for softmax."""
+    import numpy as np
+
+    from apnb.metrics import fidelity
+
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(50, 4, generator=g), torch.randn(50, 4, generator=g)
+    p, q = 1 / (1 + np.exp(-t.numpy().astype(float))), 1 / (1 + np.exp(-s.numpy().astype(float)))
+    bern = (p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))).mean()
+    out = fidelity(t, s)
+    assert out["kl_teacher"] == pytest.approx(bern, rel=1e-9)
+    assert out["agree_top1"] == pytest.approx(float((t.argmax(1) == s.argmax(1)).float().mean()))
+    pt, ps = torch.softmax(t.double(), 1).numpy(), torch.softmax(s.double(), 1).numpy()
+    assert fidelity(t, s, multilabel=False)["kl_teacher"] == pytest.approx((pt * np.log(pt / ps)).sum(1).mean(), rel=1e-9)
+    same = fidelity(t, t)
+    assert same["agree_top1"] == 1.0 and abs(same["kl_teacher"]) < 1e-12

@@ -55,10 +55,10 @@ def test_quantized_row_adds_the_int8_network_at_8_bits(net_and_x, synth_root):
     i8 = Q.to_int8(q)
     assert row["mAP_int8"] == E.prediction_metrics(i8, data["val"], "cpu")["mAP"]
     a = Q.agreement(q, i8, x)
-    assert row["agree_top1"] == a["top1"] and row["agree_rel"] == a["rel"]
+    assert row["int8_agree_top1"] == a["top1"] and row["int8_agree_rel"] == a["rel"]
     q4 = Q.calibrate(Q.prepare(net, x[:8], 4, "ptq"), x)
     row4 = E.quantized_row(q4, 4, data, x, "last_conv", "cpu")
-    assert all(math.isnan(row4[k]) for k in ("mAP_int8", "agree_top1", "agree_rel")) and not math.isnan(row4["mAP"])
+    assert all(math.isnan(row4[k]) for k in ("mAP_int8", "int8_agree_top1", "int8_agree_rel")) and not math.isnan(row4["mAP"])
 
 
 def test_layer_names_and_gradcam_survive_fusion(net_and_x):
