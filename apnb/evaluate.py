@@ -258,9 +258,7 @@ def baseline_attr(kind: str, sigma: float = 0.25, seed: int = 0):
         n, _, h, w = x.shape
         if kind == "random":
             return torch.rand(n, h, w, generator=gen).to(x.device)
-        yy, xx = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
-        g = torch.exp(-(yy ** 2 / (sigma * h) ** 2 + xx ** 2 / (sigma * w) ** 2) / 2)
-        return g.expand(n, h, w).to(x.device)
+        return Mt.centered_gaussian(h, w, sigma).expand(n, h, w).to(x.device)
 
     return fn
 

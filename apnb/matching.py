@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .gradcam import Tap, frozen, target_scores, weighted_maps
+from .metrics import centered_gaussian
 from .models import ModelError, layer_paths, linear_head
 from .kinds import get as kind_of
 from .specs import DEFAULT_BETA, KINDS, MatchingConfig  # noqa: F401  (torch-free, for the parameter check)
@@ -57,6 +58,13 @@ def cosine_distance(ms: torch.Tensor, mt: torch.Tensor, size: tuple[int, int] | 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def class_maps(a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Class activation maps ``[B,K,H,W]``: feature map ``a`` under a classifier's weights ``[K,C]`` as a 1x1
+    convolution, no bias (CAT-KD's maps; their spatial mean plus the bias is the logits of a global-pooling
+    head)."""
+    return F.conv2d(a, weight[:, :, None, None].to(a.dtype))
 
 
 class Batch:
@@ -90,8 +98,7 @@ class Batch:
         (its weights as a 1x1 convolution, no bias; :func:`apnb.models.linear_head`): their spatial mean plus
         the bias is that network's logits. The teacher's weights are taken without gradient."""
         head = linear_head(_unwrap(self.nets[who]))
-        w = head.weight if who == "student" else head.weight.detach()
-        return F.conv2d(a, w[:, :, None, None].to(a.dtype))
+        return class_maps(a, head.weight if who == "student" else head.weight.detach())
 
     def pool(self, m, side: int):
         """Average-pool maps ``[B,K,H,W]`` to ``side`` x ``side``."""
@@ -104,11 +111,7 @@ class Batch:
     def center(self, m):
         """A centred Gaussian of the shape of maps ``[B,H,W]``, standard deviation a quarter of each side (the
         book's centre baseline, :func:`apnb.evaluate.baseline_attr`)."""
-        h, w = m.shape[-2:]
-        yy = torch.arange(h, device=m.device, dtype=m.dtype) - (h - 1) / 2
-        xx = torch.arange(w, device=m.device, dtype=m.dtype) - (w - 1) / 2
-        g = torch.exp(-(yy[:, None] ** 2 / (0.25 * h) ** 2 + xx[None, :] ** 2 / (0.25 * w) ** 2) / 2)
-        return g.expand_as(m)
+        return centered_gaussian(*m.shape[-2:], device=m.device, dtype=m.dtype).expand_as(m)
 
 
 class AttributionMatching:
@@ -196,8 +199,7 @@ class AttributionMatching:
             with torch.no_grad(), Tap(net, self.cfg.layers[-1:]) as tap:
                 logits = net(x[:1])
             a = tap.acts[tap.layers[0]]
-            maps = F.conv2d(a, head.weight[:, :, None, None])
-            if not torch.allclose(maps.mean((2, 3)) + head.bias, logits, atol=1e-4, rtol=1e-3):
+            if not torch.allclose(class_maps(a, head.weight).mean((2, 3)) + head.bias, logits, atol=1e-4, rtol=1e-3):
                 raise ModelError(f"matching kind {self.cfg.kind!r}: layer {self.cfg.layers[-1]!r} of the {name} is "
                                  f"not the input of its global-pooling head; match the last feature map (last_conv)")
         finally:

@@ -227,3 +227,11 @@ def fidelity(t_logits: torch.Tensor, s_logits: torch.Tensor, multilabel: bool = 
         return {"agree_top1": agree, "kl_teacher": float(kl.mean())}
     kl = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")
     return {"agree_top1": agree, "kl_teacher": float(kl)}
+
+
+def centered_gaussian(h: int, w: int, sigma: float = 0.25, device=None, dtype=torch.float32) -> torch.Tensor:
+    """A ``[h, w]`` Gaussian centred on the map, standard deviation ``sigma`` x each side: the centre baseline of
+    :func:`apnb.evaluate.baseline_attr` and the target of the ``center_prior`` control (:mod:`apnb.kinds`)."""
+    yy = torch.arange(h, device=device, dtype=dtype) - (h - 1) / 2
+    xx = torch.arange(w, device=device, dtype=dtype) - (w - 1) / 2
+    return torch.exp(-(yy[:, None] ** 2 / (sigma * h) ** 2 + xx[None, :] ** 2 / (sigma * w) ** 2) / 2)

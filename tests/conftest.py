@@ -198,3 +198,41 @@ def mini_repo(tmp_path, monkeypatch):
     (tmp_path / "profiles" / "bad.yml").write_text("defaults: {}\nnotebooks: {n1: {nope: 1}}\n")
     monkeypatch.setenv("APNB_ROOT", str(tmp_path))
     return tmp_path
+
+
+# ------------------------------------------------------------------ small networks and data shared by unit tests
+def tiny_data(n=48, k=4, size=32, seed=0):
+    """``n`` random images with random multi-label targets over ``k`` classes."""
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, size, size, generator=g), (torch.rand(n, k, generator=g) > 0.6).float())
+
+
+def tiny_net(div=16):
+    """A 4-class VGG16_bn at width / ``div`` with 2 pools, seeded."""
+    from apnb.models import vgg
+
+    torch.manual_seed(0)
+    return vgg("vgg16_bn", 4, width_div=div, n_pools=2, head_pool=1)
+
+
+def vgg_pair(seed=0, double=False):
+    """A 5-class teacher (width / 16) and student (width / 32), eval mode, seeded; float64 with ``double``."""
+    from apnb.models import vgg
+
+    torch.manual_seed(seed)
+    t = vgg("vgg16_bn", 5, width_div=16, n_pools=2, head_pool=1).eval()
+    s = vgg("vgg16_bn", 5, width_div=32, n_pools=2, head_pool=1).eval()
+    return (t.double(), s.double()) if double else (t, s)
+
+
+def vgg_pair_gradcam(n=3):
+    """:func:`vgg_pair`, a batch of ``n`` images, and both networks' Grad-CAM maps of the teacher's top-1 class."""
+    from apnb.gradcam import gradcam
+
+    t, s = vgg_pair()
+    x = torch.randn(n, 3, 32, 32)
+    with torch.no_grad():
+        target = t(x).argmax(1)
+    return t, s, x, gradcam(s, x, "last_conv", target)[0], gradcam(t, x, "last_conv", target)[0]

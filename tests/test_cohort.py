@@ -9,7 +9,6 @@ import textwrap
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 from apnb.data import splits as D
 from apnb import recipes as R
 from apnb import models as M
@@ -18,15 +17,12 @@ from apnb.store import Store
 from apnb import specs
 from apnb.matching import AttributionMatching
 
+from conftest import tiny_data
+
 pytestmark = pytest.mark.unit
 
 KINDS = list(specs.KINDS)  # every matching kind, e2KD included
 CFG = dict(epochs=3, lr=0.01, batch_size=16, schedule="onecycle", optimizer="adamw", seed=5)
-
-
-def _data(n=48, k=4, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 3, size, size, generator=g), (torch.rand(n, k, generator=g) > 0.6).float())
 
 
 def _teacher():
@@ -51,12 +47,12 @@ def _alone(kind):
     """The student trained alone with ``kind``'s objective and CFG, trained once per process and shared by the
     tests that compare a cohort member or a resumed run with it."""
     m = _student()
-    fit(m, _obj(_teacher(), kind), _data(), TrainConfig(**CFG), progress=False)
+    fit(m, _obj(_teacher(), kind), tiny_data(), TrainConfig(**CFG), progress=False)
     return m
 
 
 def test_cohort_members_equal_their_runs_alone():
-    teacher, data = _teacher(), _data()
+    teacher, data = _teacher(), tiny_data()
     alone = [_alone(k) for k in KINDS]
     members = [Member(_student(), _obj(teacher, k), TrainConfig(**CFG), name=k) for k in KINDS]
     res = fit_cohort(members, data, progress=False)
@@ -68,7 +64,7 @@ def test_cohort_members_equal_their_runs_alone():
 
 def test_one_teacher_pass_per_batch_and_need():
     """Naive, EWA, SWA and SSWA members share one teacher pass per batch (issue: nothing computed twice)."""
-    teacher, data = _teacher(), _data()
+    teacher, data = _teacher(), tiny_data()
     calls = [0]
     teacher.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
     members = [Member(_student(), _obj(teacher, k), TrainConfig(**dict(CFG, epochs=1)), name=k)
@@ -88,7 +84,7 @@ def test_one_teacher_pass_per_batch_and_need():
 
 
 def test_cohort_refuses_members_that_cannot_share_batches():
-    teacher, data = _teacher(), _data()
+    teacher, data = _teacher(), tiny_data()
     with pytest.raises(ValueError, match="differ in \\(seed, batch_size, num_workers, precision\\)"):
         fit_cohort([Member(_student(), _obj(teacher, "none"), TrainConfig(**CFG)),
                     Member(_student(), _obj(teacher, "none"), TrainConfig(**dict(CFG, seed=6)))], data, progress=False)
@@ -99,7 +95,7 @@ def test_cohort_refuses_members_that_cannot_share_batches():
 
 def test_members_at_different_epochs_resume_to_the_same_networks(tmp_path):
     """A member whose checkpoint is ahead skips the epochs it has; a finished member's epochs are not rerun."""
-    teacher, data = _teacher(), _data()
+    teacher, data = _teacher(), tiny_data()
     ck = [tmp_path / f"{k}.ckpt" for k in ("none", "sswa")]
     fit(_student(), _obj(teacher, "sswa"), data, TrainConfig(**CFG), ck[1], progress=False, stop_after_epoch=2)
     members = [Member(_student(), _obj(teacher, k), TrainConfig(**CFG), c, name=k) for k, c in zip(("none", "sswa"), ck)]
@@ -111,8 +107,9 @@ def test_members_at_different_epochs_resume_to_the_same_networks(tmp_path):
 
 KILL_SCRIPT = textwrap.dedent('''
     import os, signal, sys
-    sys.path.insert(0, {root!r})
-    from tests.test_cohort import _data, _teacher, _student, _obj, CFG
+    sys.path.insert(0, os.path.join({root!r}, "tests"))
+    from conftest import tiny_data
+    from test_cohort import _teacher, _student, _obj, CFG
     from apnb.engine import Member, TrainConfig, fit_cohort
     from apnb.engine import StudentObjective
     teacher = _teacher()
@@ -127,7 +124,7 @@ KILL_SCRIPT = textwrap.dedent('''
     members = [Member(_student(), _obj(teacher, "none"), TrainConfig(**CFG), {d!r} + "/none.ckpt", name="none"),
                Member(_student(), Killer(teacher, AttributionMatching(kind="sswa", beta=3.0, p=0.3)), TrainConfig(**CFG),
                       {d!r} + "/sswa.ckpt", name="sswa")]
-    fit_cohort(members, _data(), progress=False)
+    fit_cohort(members, tiny_data(), progress=False)
 ''')
 
 
@@ -137,7 +134,7 @@ def test_sigkill_mid_epoch_and_resume_equals_uninterrupted_cohort(tmp_path):
     r = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(root=root, d=str(tmp_path))], capture_output=True)
     assert r.returncode == -9, r.stderr.decode()[-2000:]
     assert [load_checkpoint(tmp_path / f"{k}.ckpt")["epoch"] for k in ("none", "sswa")] == [1, 1]
-    teacher, data = _teacher(), _data()
+    teacher, data = _teacher(), tiny_data()
     kinds = ("none", "sswa")
     resumed = [Member(_student(), _obj(teacher, k), TrainConfig(**CFG), tmp_path / f"{k}.ckpt", name=k) for k in kinds]
     res = fit_cohort(resumed, data, progress=False)

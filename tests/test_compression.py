@@ -4,24 +4,17 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.data import TensorDataset
 
 from apnb import compression as C
 from apnb import models as M
 from apnb.engine import Supervised, TrainConfig, fit, load_checkpoint
 from apnb.store import Store
 
+from conftest import tiny_data, tiny_net
+
 pytestmark = pytest.mark.unit
 
 
-def _data(n=48, k=4, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 3, size, size, generator=g), (torch.rand(n, k, generator=g) > 0.6).float())
-
-
-def _net(div=16):
-    torch.manual_seed(0)
-    return M.vgg("vgg16_bn", 4, width_div=div, n_pools=2, head_pool=1)
 
 
 def test_kd_multilabel_hand_value():
@@ -39,14 +32,14 @@ def test_kd_multilabel_hand_value():
 
 
 def test_unstructured_pruning_rates_and_resume(tmp_path):
-    m = _net()
+    m = tiny_net()
     for it in range(1, 4):
         C.prune_global_unstructured(m, 0.2)
         assert C.sparsity(m)["global"] == pytest.approx(C.cumulative_rate(0.2, it), abs=1e-3)
     assert C.cumulative_rate(0.2, 16) == pytest.approx(0.9718, abs=1e-4)
-    fit(m, Supervised(), _data(16), TrainConfig(epochs=1, lr=0.05, batch_size=16), tmp_path / "p.ckpt", progress=False)
+    fit(m, Supervised(), tiny_data(16), TrainConfig(epochs=1, lr=0.05, batch_size=16), tmp_path / "p.ckpt", progress=False)
     assert C.sparsity(m)["global"] == pytest.approx(0.488, abs=1e-3)  # masks hold during fine-tuning
-    fresh = _net()
+    fresh = tiny_net()
     load_checkpoint(tmp_path / "p.ckpt", fresh)
     assert C.sparsity(fresh)["global"] == pytest.approx(0.488, abs=1e-3)
     per_layer = C.sparsity(m)
@@ -54,7 +47,7 @@ def test_unstructured_pruning_rates_and_resume(tmp_path):
     st = Store(tmp_path / "store")
     saved = torch.load(st.save("pruned", {"a": 1}, m), weights_only=True)["model"]
     assert saved["features.0.weight_mask"].dtype == torch.bool  # masks stored at a quarter of their float size
-    again = _net()
+    again = tiny_net()
     st.load("pruned", {"a": 1}, again)
     assert again.features[0].weight_mask.dtype == torch.float32
     x = torch.randn(2, 3, 32, 32)
@@ -62,14 +55,14 @@ def test_unstructured_pruning_rates_and_resume(tmp_path):
 
 
 def test_structured_pruning_is_physical():
-    m = _net(8)
+    m = tiny_net(8)
     p0, p1, mac0, mac1 = C.prune_l1_structured(m, 0.5, torch.zeros(1, 3, 32, 32))
     convs = [x for x in m.modules() if isinstance(x, nn.Conv2d)]
     assert convs[0].out_channels == 4 and convs[-1].out_channels == 32
     assert p1 < 0.4 * p0 and mac1 < 0.4 * mac0
     assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
     # l1 criterion: the kept filters of the first conv are those with the largest l1 norms
-    ref = _net(8)
+    ref = tiny_net(8)
     norms = ref.features[0].weight.abs().sum((1, 2, 3))
     kept = norms.topk(4).values.sort().values
     assert torch.allclose(m.features[0].weight.abs().sum((1, 2, 3)).sort().values, kept)

@@ -6,7 +6,6 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 
 from apnb import models as M
 from apnb.kinds import REGISTRY
@@ -14,17 +13,11 @@ from apnb.engine import StudentObjective, Supervised, TrainConfig, fit, load_che
 from apnb.matching import AttributionMatching
 from apnb.models import ModelError
 
+from conftest import tiny_data, tiny_net
+
 pytestmark = pytest.mark.unit
 
 
-def _data(n=48, k=4, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 3, size, size, generator=g), (torch.rand(n, k, generator=g) > 0.6).float())
-
-
-def _net(div=16):
-    torch.manual_seed(0)
-    return M.vgg("vgg16_bn", 4, width_div=div, n_pools=2, head_pool=1)
 
 
 CFG = dict(epochs=3, lr=0.05, batch_size=16, schedule="cosine", seed=3)
@@ -33,19 +26,20 @@ CFG = dict(epochs=3, lr=0.05, batch_size=16, schedule="cosine", seed=3)
 def test_deterministic_cpu_runs(tmp_path):
     outs = []
     for _ in range(2):
-        m = _net()
-        fit(m, Supervised(), _data(), TrainConfig(**CFG), progress=False)
+        m = tiny_net()
+        fit(m, Supervised(), tiny_data(), TrainConfig(**CFG), progress=False)
         outs.append(torch.cat([p.flatten() for p in m.parameters()]))
     assert torch.equal(outs[0], outs[1])
 
 
 KILL_SCRIPT = textwrap.dedent('''
     import os, signal, sys, torch
-    sys.path.insert(0, {root!r})
-    from tests.test_engine import _data, _net, CFG
+    sys.path.insert(0, os.path.join({root!r}, "tests"))
+    from conftest import tiny_data, tiny_net
+    from test_engine import CFG
     from apnb.engine import StudentObjective, TrainConfig, fit
     from apnb.matching import AttributionMatching
-    teacher = _net(8)
+    teacher = tiny_net(8)
     calls = [0]
     class Killer(StudentObjective):
         def __call__(self, model, x, y):
@@ -53,8 +47,8 @@ KILL_SCRIPT = textwrap.dedent('''
             if calls[0] == 5:  # epoch 2, step 2 (3 steps per epoch)
                 os.kill(os.getpid(), signal.SIGKILL)
             return super().__call__(model, x, y)
-    m = _net()
-    fit(m, Killer(teacher, AttributionMatching(kind="sswa")), _data(), TrainConfig(**CFG), {ckpt!r}, progress=False)
+    m = tiny_net()
+    fit(m, Killer(teacher, AttributionMatching(kind="sswa")), tiny_data(), TrainConfig(**CFG), {ckpt!r}, progress=False)
 ''')
 
 
@@ -64,12 +58,12 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     r = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(root=root, ckpt=str(ckpt))], capture_output=True)
     assert r.returncode == -9, r.stderr.decode()[-2000:]
     assert load_checkpoint(ckpt)["epoch"] == 1
-    teacher = _net(8)
-    resumed = _net()
-    res = fit(resumed, StudentObjective(teacher, AttributionMatching(kind="sswa")), _data(), TrainConfig(**CFG), ckpt, progress=False)
+    teacher = tiny_net(8)
+    resumed = tiny_net()
+    res = fit(resumed, StudentObjective(teacher, AttributionMatching(kind="sswa")), tiny_data(), TrainConfig(**CFG), ckpt, progress=False)
     assert res.resumed_from == 1
-    full = _net()
-    fit(full, StudentObjective(_net(8), AttributionMatching(kind="sswa")), _data(), TrainConfig(**CFG), progress=False)
+    full = tiny_net()
+    fit(full, StudentObjective(tiny_net(8), AttributionMatching(kind="sswa")), tiny_data(), TrainConfig(**CFG), progress=False)
     for a, b in zip(resumed.state_dict().values(), full.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
 
@@ -83,15 +77,15 @@ def test_nan_guard_keeps_checkpoint(tmp_path):
             return (loss * float("nan") if Bomb.n == 5 else loss), logs
     ckpt = tmp_path / "c.ckpt"
     with pytest.raises(FloatingPointError, match="epoch 2 step 2.*last good checkpoint"):
-        fit(_net(), Bomb(), _data(), TrainConfig(**CFG), ckpt, progress=False)
+        fit(tiny_net(), Bomb(), tiny_data(), TrainConfig(**CFG), ckpt, progress=False)
     assert load_checkpoint(ckpt)["epoch"] == 1
 
 
 def test_wrong_architecture_checkpoint(tmp_path):
-    m = _net()
-    fit(m, Supervised(), _data(16), TrainConfig(epochs=1, lr=0.01, batch_size=16), tmp_path / "a.ckpt", progress=False)
+    m = tiny_net()
+    fit(m, Supervised(), tiny_data(16), TrainConfig(epochs=1, lr=0.01, batch_size=16), tmp_path / "a.ckpt", progress=False)
     with pytest.raises(ModelError, match="does not fit this architecture"):
-        load_checkpoint(tmp_path / "a.ckpt", _net(8))
+        load_checkpoint(tmp_path / "a.ckpt", tiny_net(8))
     (tmp_path / "bad.ckpt").write_bytes(b"garbage")
     with pytest.raises(ModelError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "bad.ckpt")

@@ -15,14 +15,9 @@ from apnb.engine import Member, StudentObjective, TrainConfig, fit_cohort
 from apnb.matching import AttributionMatching, MatchingConfig
 from apnb.models import ModelError
 
+from conftest import vgg_pair, vgg_pair_gradcam
+
 pytestmark = pytest.mark.unit
-
-
-def _pair():
-    torch.manual_seed(0)
-    t = M.vgg("vgg16_bn", 5, width_div=16, n_pools=2, head_pool=1).eval()
-    s = M.vgg("vgg16_bn", 5, width_div=32, n_pools=2, head_pool=1).eval()
-    return t, s
 
 
 def test_the_registry_is_the_one_list():
@@ -68,7 +63,7 @@ def l1_kind():
 
 
 def test_a_registered_kind_works_everywhere(l1_kind):
-    t, s = _pair()
+    t, s = vgg_pair()
     x = torch.randn(3, 3, 32, 32)
     cfg = MatchingConfig(kind=l1_kind)
     assert cfg.beta == 7.0  # its default weight
@@ -132,7 +127,7 @@ def test_stage_ends_and_the_global_pooling_head():
 def test_multi_layer_attention_transfer_equals_the_reference_formula():
     """AT (Zagoruyko & Komodakis; mdistiller's ``at_loss``): the sum over the stage ends of
     ``(normalize(mean_c A_s^2) - normalize(mean_c A_t^2))^2`` averaged over batch and positions."""
-    t, s = _pair()
+    t, s = vgg_pair()
     x = torch.randn(4, 3, 32, 32)
     reg = AttributionMatching(kind="at")
     assert reg.cfg.layers == ("stage_ends",) and reg.beta == 1000.0
@@ -156,7 +151,7 @@ def test_multi_layer_attention_transfer_equals_the_reference_formula():
 def test_cat_kd_equals_the_reference_formula_and_needs_its_head():
     """CAT-KD (Guo et al., CVPR 2023): class maps = last features x classifier weights; their spatial mean plus the
     bias is the logits; pooled to 2x2, normalised per map, mean squared error; no logit KD."""
-    t, s = _pair()
+    t, s = vgg_pair()
     x = torch.randn(3, 3, 32, 32)
     reg = AttributionMatching(kind="cat_kd")
     reg.check(s, t, x[:1])
@@ -199,15 +194,9 @@ def _last(net, x):
 
 def test_the_controls_match_a_centre_prior_and_a_shuffled_teacher():
     from apnb.evaluate import baseline_attr
-    from apnb.gradcam import gradcam
     from apnb.matching import squared_normalized_l2
 
-    t, s = _pair()
-    x = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        target = t(x).argmax(1)
-    ms, _ = gradcam(s, x, "last_conv", target)
-    mt, _ = gradcam(t, x, "last_conv", target)
+    t, s, x, ms, mt = vgg_pair_gradcam(4)
     gauss = baseline_attr("center")(None, torch.zeros(4, 3, *ms.shape[-2:]), None)
     centre = AttributionMatching(kind="center_prior")(s, x, t)[2]
     assert torch.allclose(centre, squared_normalized_l2(ms, gauss), atol=1e-6)

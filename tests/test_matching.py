@@ -4,11 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apnb import models as M
-from apnb.gradcam import Tap, gradcam
+from apnb.gradcam import Tap
 from apnb.matching import AttributionMatching, MatchingConfig, cosine_distance, squared_normalized_l2
 from apnb.kinds import REGISTRY
 from apnb.models import ModelError
+
+from conftest import vgg_pair, vgg_pair_gradcam
 
 pytestmark = pytest.mark.unit
 
@@ -16,17 +17,8 @@ TERMS = [k for k, v in REGISTRY.items() if v.teacher != "logits"]  # every regis
 Y = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 1]], dtype=torch.float64)
 
 
-def _pair(seed=0, double=False):
-    torch.manual_seed(seed)
-    t = M.vgg("vgg16_bn", 5, width_div=16, n_pools=2, head_pool=1).eval()
-    s = M.vgg("vgg16_bn", 5, width_div=32, n_pools=2, head_pool=1).eval()
-    if double:
-        t, s = t.double(), s.double()
-    return t, s
-
-
 def test_ewa_equals_attention_transfer():
-    t, s = _pair()
+    t, s = vgg_pair()
     x = torch.randn(4, 3, 32, 32)
     reg = AttributionMatching(kind="ewa")
     _, _, loss = reg(s, x, t)
@@ -37,19 +29,8 @@ def test_ewa_equals_attention_transfer():
     assert torch.allclose(loss, ref, atol=1e-7)
 
 
-def _pair_gradcam():
-    """A teacher-student pair, a batch, and both networks' Grad-CAM maps of the teacher's top-1 class."""
-    t, s = _pair()
-    x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        target = t(x).argmax(1)
-    ms, _ = gradcam(s, x, "last_conv", target)
-    mt, _ = gradcam(t, x, "last_conv", target)
-    return t, s, x, ms, mt
-
-
 def test_swa_map_is_gradcam():
-    t, s, x, ms, mt = _pair_gradcam()
+    t, s, x, ms, mt = vgg_pair_gradcam()
     _, _, loss = AttributionMatching(kind="swa")(s, x, t)
     assert torch.allclose(loss, squared_normalized_l2(ms, mt), atol=1e-6)
 
@@ -57,7 +38,7 @@ def test_swa_map_is_gradcam():
 def test_e2kd_is_one_minus_cosine_of_resized_gradcam_and_half_eq2():
     """e2KD (Parchami-Araghi et al. 2024): mean_b (1 - cos) of the top-1 Grad-CAM maps resized to the input;
     per sample that is 1/2 || a/|a| - b/|b| ||^2, i.e. Eq. 2's term with a per-sample (sum) reduction."""
-    t, s, x, ms, mt = _pair_gradcam()
+    t, s, x, ms, mt = vgg_pair_gradcam()
     up = lambda m: F.interpolate(m[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
     a, b = up(ms).flatten(1), up(mt).flatten(1)
     direct = (1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean()  # by hand, not F.cosine_similarity
@@ -72,7 +53,7 @@ def test_e2kd_is_one_minus_cosine_of_resized_gradcam_and_half_eq2():
 
 @pytest.mark.parametrize("kind", TERMS)
 def test_gradient_matches_finite_differences(kind):
-    t, s = _pair(1, double=True)
+    t, s = vgg_pair(1, double=True)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     params = [p for p in s.parameters()]
     w = s.features[0].weight  # check one parameter tensor fully, by central differences
@@ -97,7 +78,7 @@ def test_gradient_matches_finite_differences(kind):
 
 
 def test_sswa_p0_equals_swa_and_drop_rate():
-    t, s = _pair()
+    t, s = vgg_pair()
     x = torch.randn(4, 3, 32, 32)
     a = AttributionMatching(kind="swa")(s, x, t)[2]
     b = AttributionMatching(kind="sswa", p=0.0)(s, x, t)[2]
@@ -113,7 +94,7 @@ def test_sswa_p0_equals_swa_and_drop_rate():
 
 
 def test_coded_variant_same_mask_for_batch():
-    t, s = _pair()
+    t, s = vgg_pair()
     reg = AttributionMatching(kind="sswa_coded", p=0.25)
     reg(s, torch.randn(3, 3, 32, 32), t)
     m = reg.last_masks[0]
@@ -122,7 +103,7 @@ def test_coded_variant_same_mask_for_batch():
 
 @pytest.mark.parametrize("kind", [k for k in TERMS if not REGISTRY[k].control])  # a control matches another map
 def test_zero_loss_when_student_is_teacher(kind):
-    t, _ = _pair()
+    t, _ = vgg_pair()
     s = copy.deepcopy(t)
     # the authors' coded SSWA masks the teacher alone: only at p=0 does it compare like with like
     p = 0.0 if kind == "sswa_coded" else 0.3
@@ -132,7 +113,7 @@ def test_zero_loss_when_student_is_teacher(kind):
 
 
 def test_teacher_gets_no_gradient_and_hooks_removed():
-    t, s = _pair()
+    t, s = vgg_pair()
     t.train()
     s.train()
     reg = AttributionMatching(kind="sswa", topk=2, center_logits=True)
@@ -148,14 +129,14 @@ def test_teacher_gets_no_gradient_and_hooks_removed():
 @pytest.mark.parametrize("opts", [dict(per_neuron=True), dict(relu=False), dict(layers=("last_conv", "features.20")),
                                   dict(reduction="sum"), dict(mask="independent")])
 def test_options_run(opts):
-    t, s = _pair()
+    t, s = vgg_pair()
     kind = "sswa" if "mask" in opts else "swa"
     _, _, loss = AttributionMatching(kind=kind, **opts)(s, torch.randn(2, 3, 32, 32), t)
     assert torch.isfinite(loss) and loss > 0
 
 
 def test_grad_at():
-    t, s = _pair()
+    t, s = vgg_pair()
     y = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0]], dtype=torch.float32)
     _, _, loss = AttributionMatching(kind="grad_at")(s, torch.randn(2, 3, 32, 32), t, y,
                                                       F.multilabel_soft_margin_loss)
@@ -164,7 +145,7 @@ def test_grad_at():
 
 
 def test_unknown_layer_and_flat_layer():
-    t, s = _pair()
+    t, s = vgg_pair()
     x = torch.randn(1, 3, 32, 32)
     with pytest.raises(ModelError, match="unknown layer 'conv99'"):
         AttributionMatching(kind="swa", layers=("conv99",)).check(s, t, x)

@@ -3,32 +3,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
-from apnb import models as M
 from apnb.store import Store
+
+from conftest import tiny_net
 
 pytestmark = pytest.mark.unit
 
 
-def _data(n=48, k=4, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 3, size, size, generator=g), (torch.rand(n, k, generator=g) > 0.6).float())
-
-
-def _net(div=16):
-    torch.manual_seed(0)
-    return M.vgg("vgg16_bn", 4, width_div=div, n_pools=2, head_pool=1)
 
 
 def test_store_roundtrip(tmp_path):
     st = Store(tmp_path)
-    m = _net()
-    assert st.load("teacher", {"a": 1}, _net()) is None
+    m = tiny_net()
+    assert st.load("teacher", {"a": 1}, tiny_net()) is None
     st.save("teacher", {"a": 1}, m, {"note": "x"})
-    m2 = _net(16)
+    m2 = tiny_net(16)
     assert st.load("teacher", {"a": 1}, m2) == {"note": "x"}
-    assert st.load("teacher", {"a": 2}, _net()) is None
+    assert st.load("teacher", {"a": 2}, tiny_net()) is None
 
 
 def test_store_save_drops_superseded_resume_checkpoints(tmp_path):
@@ -36,7 +28,7 @@ def test_store_save_drops_superseded_resume_checkpoints(tmp_path):
     d = st.dir("teacher", {"a": 1})
     (d / "train.ckpt").write_bytes(b"x")
     (d / "pretrain.ckpt").write_bytes(b"x")
-    st.save("teacher", {"a": 1}, _net())
+    st.save("teacher", {"a": 1}, tiny_net())
     assert sorted(f.name for f in d.iterdir()) == ["cfg.json", "final.pt"]
 
 
