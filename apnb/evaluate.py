@@ -43,13 +43,12 @@ def predict(model, dataset, device="auto", batch_size=128):
     return torch.cat(outs), torch.cat(ys)
 
 
-def prediction_metrics(model, dataset, device="auto", multilabel=True, logits=None) -> dict:
-    """mAP, image-AP and F1 (multi-label) or top-1 accuracy of ``model`` on ``dataset``; ``logits``: a list that
-    receives the logits, for the caller to reuse."""
-    logits_, y = predict(model, dataset, device)
-    if logits is not None:
-        logits.append(logits_)
-    logits = logits_
+def prediction_metrics(model, dataset, device="auto", multilabel=True) -> dict:
+    """mAP, image-AP and F1 (multi-label) or top-1 accuracy of ``model`` on ``dataset``."""
+    return _scores(*predict(model, dataset, device), multilabel)
+
+
+def _scores(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> dict:
     if multilabel:
         return {"mAP": Mt.voc_map(logits, y), "image_AP": Mt.image_ap(logits, y), "F1": Mt.f1_samples(logits, y)}
     return {"top1": Mt.top1(logits, y)}
@@ -297,9 +296,8 @@ def evaluate_model(model, data: dict, layer: str = "last_conv", device="auto", a
         if grad_cam:
             loc.top1 = top1_maps(model, data["val"], match_layer or layer, device, targets)
         row = {"params": M.count_params(model, nonzero=True)}
-        kept = []
-        row.update(prediction_metrics(model, data["val"], device, multilabel=multilabel, logits=kept))
-        loc.val_logits = kept[0]
+        loc.val_logits, y = predict(model, data["val"], device)
+        row.update(_scores(loc.val_logits, y, multilabel))
         if "val_nocue" in data:  # the same val images without their context cue: reliance on the shortcut
             row["mAP_nocue"] = prediction_metrics(model, data["val_nocue"], device)["mAP"]
         elif multilabel:
