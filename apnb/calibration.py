@@ -168,6 +168,9 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
         s = deep_merge(plan["base"], step.get("changes", {}))
         stage = step.get("stage", "teacher")
         role = step.get("role", stage)  # a step that compares a variant (precision) keeps its rows apart
+        if stage == "beta" and step.get("search") == "bisect":
+            _bisect_step(step, s, rec, path, store, dev, log)
+            continue
         grid = [(m, float(b)) for m in step.get("methods", []) for b in step.get("betas", [])] or [(None, None)]
         for (method, beta), seed in [(g, sd) for g in grid for sd in step["seeds"]]:
             tseed = step.get("teacher_seed", seed) if stage != "teacher" else None
@@ -233,6 +236,77 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
     return rec
 
 
+def _kd(s: dict) -> dict:
+    return {"div": s["main_div"], "T": s.get("kd_T", 4.0), "alpha": s.get("kd_alpha", 0.9), "train": s["student_train"]}
+
+
+def spread_tolerance(rows: list[dict], step: str = "A naive KD") -> float:
+    """The beta rule's tolerance derived from the calibration seeds' spread: the standard deviation (ddof 1) of the
+    naive KD students' mAP over the seeds of ``step``, the change in mAP that a new seed makes anyway."""
+    maps = [r["mAP"] for r in rows if r["role"] == "kd" and r["step"] == step]
+    if len(maps) < 3:
+        raise ValueError(f"the spread tolerance needs naive KD on at least 3 seeds of step {step!r}; run it first")
+    return float(np.std(maps, ddof=1))
+
+
+def _verdict(rows: list[dict], step: dict, method: str, beta: float, tolerance: float) -> bool | None:
+    """Whether ``beta`` passes the rule for ``method`` (mean mAP over the step's seeds at least naive KD's minus
+    ``tolerance``, paired by seed); None until it has been trained on every seed of the step."""
+    naive = {r["seed"]: r["mAP"] for r in rows if r["role"] == "kd" and r["step"] == step.get("naive", "A naive KD")}
+    rs = [r for r in rows if r.get("step") == step["name"] and r.get("method") == method and r.get("beta") == beta]
+    if len({r["seed"] for r in rs}) < len(step["seeds"]):
+        return None
+    return bool(np.mean([naive[r["seed"]] - r["mAP"] for r in rs]) <= tolerance)
+
+
+def bisect_next(rows: list[dict], step: dict, method: str, tolerance: float) -> float | None:
+    """The next beta of ``step["betas"]`` to train for ``method``, or None when the search has ended. A bisection
+    of the grid between "below the grid" (beta 0, naive KD: passes) and "above it" (misses), assuming that a
+    larger weight never costs less mAP: it ends where the walk up the same grid would (:func:`beta_rule`), and
+    trains about log2 of the grid's length betas instead of every one below the edge."""
+    grid = sorted(float(b) for b in step["betas"])
+    lo, hi = -1, len(grid)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        ok = _verdict(rows, step, method, grid[mid], tolerance)
+        if ok is None:
+            return grid[mid]
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    return None
+
+
+def _bisect_step(step: dict, s: dict, rec: dict, path: Path, store: Store, dev, log):
+    """A beta step searched by bisection (``search: bisect``): in rounds, every method still searching trains its
+    next beta on every seed; the methods of one seed train in one cohort (one teacher pass per batch), each
+    exactly as it would alone. Rows are written after each seed's cohort, so an interrupted step resumes."""
+    tolerance = spread_tolerance(rec["rows"], step.get("naive", "A naive KD"))
+    S, _ = _teacher(s, step["teacher_seed"], store, dev)
+    layer = {"layer": "last_conv", "p": s.get("sswa_p", 0.3), "beta": {}}
+    while True:
+        todo = {m: bisect_next(rec["rows"], step, m, tolerance) for m in step["methods"]}
+        todo = {m: b for m, b in todo.items() if b is not None}
+        if not todo:
+            return
+        for seed in step["seeds"]:
+            have = {(r["method"], r["beta"]) for r in rec["rows"] if r.get("step") == step["name"] and r["seed"] == seed}
+            jobs = [R.job(m, seed, s["student_train"], layer, beta=b) for m, b in todo.items() if (m, b) not in have]
+            if not jobs:
+                continue
+            t0 = time.time()
+            nets = R.students(S, _kd(s), layer, jobs)
+            secs = round((time.time() - t0) / len(jobs), 1)
+            for j, (st, _) in zip(jobs, nets):
+                row = {"step": step["name"], "role": "beta", "seed": seed, "teacher_seed": step["teacher_seed"],
+                       "method": j.method, "beta": float(j.beta), "reduction": "image", "tolerance": tolerance,
+                       "settings": config_key(s), "why": step.get("why", ""), "cpu": cpu_name(),
+                       **E.prediction_metrics(st, S.data["val"], dev), "seconds": secs}
+                rec["rows"].append(row)
+                log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                                if k not in ("settings", "why")}))
+            rec.setdefault("settings", {})[config_key(s)] = s
+            _save(path, rec)
+
+
 def _missed_below(rows: list[dict], step: dict, method: str, beta: float, tolerance: float = 0.02) -> bool:
     """Whether a smaller beta of ``method`` in this step, trained on all its seeds, already missed the rule."""
     naive = {r["seed"]: r["mAP"] for r in rows if r["role"] == "kd"}
@@ -244,12 +318,14 @@ def _missed_below(rows: list[dict], step: dict, method: str, beta: float, tolera
     return False
 
 
-def beta_rule(rows: list[dict], tolerance: float = 0.02) -> dict:
+def beta_rule(rows: list[dict], tolerance: float = 0.02, step: str | None = None) -> dict:
     """Per method, walk the beta grid upwards and keep the last beta whose mean mAP (over the seeds it shares
-    with naive KD) is at least the naive mean minus ``tolerance``; the first beta that misses ends the walk
-    (the larger ones are not trained). None when the smallest already misses. ``rows``: the records of the
-    naive KD and beta stages. Looks at mAP only."""
+    with naive KD, paired by seed) is at least the naive mean minus ``tolerance``; the first beta that misses
+    ends the walk (the larger ones are not trained; a bisection, :func:`bisect_next`, trains fewer and ends at
+    the same beta). None when the smallest already misses. ``rows``: the records of the naive KD and beta
+    stages; ``step``: only that step's beta rows. Looks at mAP only."""
     naive = {r["seed"]: r["mAP"] for r in rows if r["role"] == "kd"}
+    rows = [r for r in rows if r["role"] != "beta" or step is None or r.get("step") == step]
     out = {}
     for m in sorted({r["method"] for r in rows if r["role"] == "beta"}):
         best = None
@@ -264,14 +340,14 @@ def beta_rule(rows: list[dict], tolerance: float = 0.02) -> dict:
     return out
 
 
-def beta_edge(rows: list[dict], tolerance: float = 0.02) -> list[dict]:
-    """Where :func:`beta_rule` stopped, per method: the chosen beta and the next one up the grid, with the mean
-    mAP of the matched students at each (over the beta stage's seeds, which the record names) and the drop
+def beta_edge(rows: list[dict], tolerance: float = 0.02, step: str | None = None) -> list[dict]:
+    """Where :func:`beta_rule` stopped, per method: the chosen beta and the next one trained up the grid, with the
+    mean mAP of the matched students at each (over the beta stage's seeds, which the record names) and the drop
     between them. Methods whose chosen beta is the top of the grid, or that have none, are left out."""
-    chosen = beta_rule(rows, tolerance)
+    chosen = beta_rule(rows, tolerance, step)
     out = []
     for m, ch in chosen.items():
-        rs = [r for r in rows if r["role"] == "beta" and r["method"] == m]
+        rs = [r for r in rows if r["role"] == "beta" and r["method"] == m and (step is None or r.get("step") == step)]
         grid = sorted({r["beta"] for r in rs})
         if ch is None or grid.index(ch) + 1 >= len(grid):
             continue

@@ -2,7 +2,8 @@
 
 A kind declares everything the library needs to know about it:
 
-- ``beta``: its default weight (the paper's supplement C.2, or the method's authors);
+- ``beta``: its default weight on the book's one scale (below), and ``authors_beta``: the weight its source
+  states under the source's own reduction (the paper's supplement C.2, or the method's authors);
 - ``teacher``: what it needs from the teacher on each batch, which is also the key by which the members of a
   cohort share one teacher pass (:meth:`apnb.matching.AttributionMatching.teacher_need`): ``"logits"``
   (nothing beyond the logits), ``"acts"`` (activations at the matched layers), ``"grads"`` (activations and
@@ -45,6 +46,15 @@ kind               teacher                 maps and distance                    
                                            next image in the batch
 =================  ======================  ==================================================  ===========================
 
+**One scale for every kind** (``reduction="image"``, the default; :class:`apnb.matching.Batch`): every term is
+the per-image sum of the squared differences of unit-norm maps, ``|| m_s/||m_s|| - m_t/||m_t|| ||^2 =
+2 (1 - cos)``, averaged over the batch (and over CAT-KD's classes), so it lies in [0, 4] whatever the size of
+the map: a beta means the same for EWA at 8x8, for e2KD at the input size and for gradient AT on 3x64x64
+input gradients. ``reduction="mean"`` is each source's own reduction (the paper's and attention transfer's
+mean over B x H x W elements, e2KD's ``mean (1 - cos)``, CAT-KD's mean over B x K x s x s), under which
+``authors_beta`` is stated; :meth:`Kind.image_beta` converts a weight from it. The defaults on the one scale
+are the sources' weights converted at the paper's map (7x7 at pool5): beta 50 for SWA becomes 50/49.
+
 **Adding a kind** is one class here with ``@register`` and one test (``CONTRIBUTING.md``): the regularizer,
 the parameter check, the store key, the cohorts and the kind lists of the tests all read this registry.
 """
@@ -57,7 +67,8 @@ class Kind:
     """A matching kind: its name, default weight, teacher need and term. Subclass and ``@register``."""
 
     name: str = ""
-    beta: float = 0.0
+    beta: float = 0.0  # on the one scale (reduction "image")
+    authors_beta: float = 0.0  # as its source states it, under the source's reduction ("mean")
     teacher: str = "logits"
     logit_kd: bool = True
     source: str = ""
@@ -75,6 +86,15 @@ class Kind:
     def check(self, cfg, student_shape: tuple, teacher_shape: tuple, layer: str) -> str | None:
         """An error message when this pair of activation shapes ``[B,C,H,W]`` cannot be matched, else None."""
         return None
+
+    def image_beta(self, beta: float, elements: int) -> float:
+        """The weight on the one scale that gives the same objective as ``beta`` under the source's reduction
+        (``"mean"``), for maps of ``elements`` elements per image (H x W; C x H x W for input gradients): the
+        mean over the map's elements is the per-image sum divided by their number. (Multi-layer AT: per stage.)"""
+        return beta / elements
+
+
+PAPER_MAP = 49  # the elements of the paper's matched map: pool5 of VGG16 at 227 px, 7 x 7 (the authors' code)
 
 
 REGISTRY: dict[str, Kind] = {}
@@ -107,7 +127,8 @@ class Naive(Kind):
 class EWA(Kind):
     """Eq. 3: the channel mean of the squared activations, matched by Eq. 2's normalised l2 (attention transfer
     at one layer)."""
-    name, beta, teacher, source = "ewa", 100.0, "acts", "Eq. 3"
+    name, authors_beta, teacher, source = "ewa", 100.0, "acts", "Eq. 3"
+    beta = authors_beta / PAPER_MAP
     paper = True
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
@@ -117,7 +138,8 @@ class EWA(Kind):
 @register
 class SWA(Kind):
     """Eq. 4-5: Grad-CAM maps of the teacher's top class, matched by Eq. 2's normalised l2."""
-    name, beta, teacher, source = "swa", 50.0, "grads", "Eq. 4-5"
+    name, authors_beta, teacher, source = "swa", 50.0, "grads", "Eq. 4-5"
+    beta = authors_beta / PAPER_MAP
     paper = True
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
@@ -128,7 +150,8 @@ class SWA(Kind):
 class SSWA(Kind):
     """Eq. 6: SWA with the teacher's channel weights masked by Bernoulli(1-p) draws, i.i.d. per sample and
     channel; ``mask="both"`` puts the same mask on the student, ``"independent"`` a draw of its own."""
-    name, beta, teacher, source = "sswa", 50.0, "grads", "Eq. 6"
+    name, authors_beta, teacher, source = "sswa", 50.0, "grads", "Eq. 6"
+    beta = authors_beta / PAPER_MAP
     paper = True
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
@@ -149,7 +172,8 @@ class SSWA(Kind):
 class SSWACoded(Kind):
     """The authors' code: a fixed fraction p of the teacher's channels zeroed, the same for the whole batch
     (not Eq. 6)."""
-    name, beta, teacher, source = "sswa_coded", 50.0, "grads", "the authors' code"
+    name, authors_beta, teacher, source = "sswa_coded", 50.0, "grads", "the authors' code"
+    beta = authors_beta / PAPER_MAP
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
         return ctx.l2(ctx.maps(a_s, g_s), ctx.maps(a_t, g_t, ctx.coded(*a_t.shape[:2])))
@@ -157,8 +181,11 @@ class SSWACoded(Kind):
 
 @register
 class GradAT(Kind):
-    """Gradient-based attention transfer: the input gradients of the task loss, matched by Eq. 2's l2."""
-    name, beta, teacher, source = "grad_at", 50.0, "input", "Zagoruyko & Komodakis, ICLR 2017"
+    """Gradient-based attention transfer: the input gradients of the task loss, matched by Eq. 2's l2. No source
+    weight for this setting: SSWA's, on the one scale (under the mean reduction over 3 x H x W input elements the
+    same number would be hundreds of times weaker)."""
+    name, teacher, source = "grad_at", "input", "Zagoruyko & Komodakis, ICLR 2017"
+    authors_beta, beta = 50.0, 50.0 / PAPER_MAP
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
         return ctx.l2(a_s, a_t)
@@ -166,9 +193,14 @@ class GradAT(Kind):
 
 @register
 class E2KD(Kind):
-    """Explanation-enhanced KD: SWA's maps resized to the input size, ``mean_b (1 - cos)``; weight 1 as in the
-    e2KD authors' code (``explanation_loss_coef``)."""
-    name, beta, teacher, source = "e2kd", 1.0, "grads", "Parchami-Araghi et al., ECCV 2024"
+    """Explanation-enhanced KD: SWA's maps resized to the input size, ``mean_b (1 - cos)`` under its authors'
+    reduction; weight 1 as in the e2KD authors' code (``explanation_loss_coef``), 1/2 on the one scale, where the
+    term is ``2 (1 - cos)``."""
+    name, authors_beta, teacher, source = "e2kd", 1.0, "grads", "Parchami-Araghi et al., ECCV 2024"
+    beta = authors_beta / 2
+
+    def image_beta(self, beta, elements):
+        return beta / 2  # mean (1 - cos) is half the per-image sum of squared differences of unit maps
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
         return ctx.cosine(ctx.maps(a_s, g_s), ctx.maps(a_t, g_t), ctx.input_size)
@@ -178,9 +210,12 @@ class E2KD(Kind):
 class AT(Kind):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017) in its multi-layer form: EWA's map, the channel mean
     of the squared activations, normalised and matched by Eq. 2's l2 at the end of every stage, summed over the
-    stages (mdistiller's ``at_loss``). Weight 1000 as mdistiller's AT (the original code weighs beta/2 with
-    beta = 1000)."""
-    name, beta, teacher, source = "at", 1000.0, "acts", "Zagoruyko & Komodakis, ICLR 2017"
+    stages (mdistiller's ``at_loss``). Weight 1000 under the mean reduction as mdistiller's AT (the original code
+    weighs beta/2 with beta = 1000); that reduction weighs each stage by one over its map's elements, so on the
+    one scale the default is the weight of the last stage at the paper's 7x7, 1000/49, and every stage weighs
+    the same."""
+    name, authors_beta, teacher, source = "at", 1000.0, "acts", "Zagoruyko & Komodakis, ICLR 2017"
+    beta = authors_beta / PAPER_MAP
     layers = ("stage_ends",)
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
@@ -193,15 +228,18 @@ class CATKD(Kind):
     class, the last feature map times the classifier's weights as a 1x1 convolution, average-pooled to
     ``cam_size`` (2 by default), normalised per map and matched by the mean squared error; the task loss beside
     it and no logit KD term, as the authors' CAT-KD. Weight 400 and normalised maps, the authors' defaults
-    (their per-dataset configs turn the normalisation off and weigh 0.5 to 4.5). Needs a global-pooling head."""
-    name, beta, teacher, source = "cat_kd", 400.0, "acts", "Guo et al., CVPR 2023"
+    (their per-dataset configs turn the normalisation off and weigh 0.5 to 4.5); their mean over B x K x s x s
+    is the one scale's per-map sum, averaged over B x K, divided by s x s, so 400 is 100 at s = 2. Needs a
+    global-pooling head."""
+    name, authors_beta, teacher, source = "cat_kd", 400.0, "acts", "Guo et al., CVPR 2023"
+    beta = authors_beta / 4  # the authors' cam_size 2
     logit_kd, needs_head = False, True
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
         side = ctx.cfg.cam_size
         ms = ctx.unit(ctx.pool(ctx.class_maps(a_s, "student"), side))
         mt = ctx.unit(ctx.pool(ctx.class_maps(a_t, "teacher"), side))
-        return (ms - mt).pow(2).mean()
+        return ctx.reduce((ms - mt).pow(2), 2)
 
 
 @register
@@ -209,7 +247,8 @@ class CenterPrior(Kind):
     """A control: the student's SWA map (the teacher's top class) matched by Eq. 2's l2 to a centred Gaussian
     (standard deviation a quarter of the map's side), not to the teacher's map. Does the regularizer teach only
     a centre prior? Weight: SWA's."""
-    name, beta, teacher, source = "center_prior", 50.0, "grads", "a control of this book"
+    name, authors_beta, teacher, source = "center_prior", 50.0, "grads", "a control of this book"
+    beta = authors_beta / PAPER_MAP
     control = True
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
@@ -221,7 +260,8 @@ class CenterPrior(Kind):
 class SSWAShuffled(Kind):
     """A control: SSWA against the teacher's map of the next image in the batch (the batch rolled by one), so the
     student learns the teacher's kind of map but not the map of its own image. Weight: SSWA's."""
-    name, beta, teacher, source = "sswa_shuffled", 50.0, "grads", "a control of this book"
+    name, authors_beta, teacher, source = "sswa_shuffled", 50.0, "grads", "a control of this book"
+    beta = authors_beta / PAPER_MAP
     control = True
 
     def term(self, ctx, a_s, g_s, a_t, g_t):

@@ -13,11 +13,13 @@ resized to the input size before the comparison, and (iii) its own weight: 1 in 
 (``explanation_loss_coef``, m-parchami/GoodTeachersExplain), against SWA's 50. The B-cos networks of that
 paper are not used here.
 
-**Reduction and the scale of beta.** With ``reduction="mean"`` (default) the squared difference of the
-normalised maps is averaged over batch x H x W elements, as the authors' ``cal_l2loss`` / attention
-transfer's ``at_loss`` do; the paper's beta (100 for EWA, 50 for SWA/SSWA, supplement C.2) assumes
-this. ``reduction="sum"`` sums over H x W per sample and averages over the batch: beta must then be
-divided by H*W to mean the same (beta 50 on 7x7 maps ~ beta 1 with ``sum``).
+**One scale for every kind** (``reduction="image"``, the default). Every kind's term is the per-image sum of
+the squared differences of unit-norm maps, ``|| m_s/||m_s|| - m_t/||m_t|| ||^2 = 2 (1 - cos)``, averaged over
+the batch: it does not depend on the map's size, so one beta means the same for every kind and every layer
+(:mod:`apnb.kinds`). ``reduction="mean"`` is each source's own reduction: the squared difference averaged over
+B x H x W elements, as the authors' ``cal_l2loss`` and attention transfer's ``at_loss`` do (the paper's beta,
+100 for EWA and 50 for SWA/SSWA in supplement C.2, assumes it: beta 50 on the 7x7 pool5 maps is 50/49 on the
+one scale, and beta 3 on 8x8 maps is 3/64), e2KD's ``mean (1 - cos)`` and CAT-KD's mean over B x K x s x s.
 
 Options (reviewers' questions, authors' code): several ``layers``; ``topk`` classes; ``relu=False``
 (V = identity); ``center_logits``; ``per_neuron`` (sum_c A * dA instead of pooled weights);
@@ -37,21 +39,35 @@ from .kinds import get as kind_of
 from .specs import DEFAULT_BETA, KINDS, MatchingConfig  # noqa: F401  (torch-free, for the parameter check)
 
 
-def squared_normalized_l2(ms: torch.Tensor, mt: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """The matching term of Eq. 2: ``|| ms/||ms|| - mt/||mt|| ||^2`` per sample, reduced as the authors (``mean``
-    over B*HW) or ``sum``. Squared, and (student, teacher) in that order; the evaluation's distance
-    :func:`apnb.metrics.normalized_l2` (Table 2's l2) is the unsquared per-sample norm, (teacher, student)."""
+def reduce_squared(d: torch.Tensor, map_dims: int, reduction: str = "image") -> torch.Tensor:
+    """Reduce the squared differences ``d`` of unit-norm maps, whose last ``map_dims`` dimensions are one map:
+    ``image`` sums over each map and averages over the rest (the one scale, ``2 (1 - cos)`` per map), ``mean``
+    averages over every element (the authors' reduction)."""
+    if reduction == "mean":
+        return d.mean()
+    return d.sum(tuple(range(d.dim() - map_dims, d.dim()))).mean()
+
+
+def squared_normalized_l2(ms: torch.Tensor, mt: torch.Tensor, reduction: str = "image") -> torch.Tensor:
+    """The matching term of Eq. 2: ``|| ms/||ms|| - mt/||mt|| ||^2`` per sample (``[B, ...]``, all but the batch
+    dimension one map), on the one scale (``image``: per sample, ``2 (1 - cos)``, averaged over the batch) or
+    the authors' (``mean`` over every element). Squared, and (student, teacher) in that order; the evaluation's
+    distance :func:`apnb.metrics.normalized_l2` (Table 2's l2) is the unsquared per-sample norm, (teacher,
+    student)."""
     d = (F.normalize(ms.flatten(1), dim=1) - F.normalize(mt.flatten(1), dim=1)).pow(2)
-    return d.mean() if reduction == "mean" else d.sum(1).mean()
+    return reduce_squared(d, 1, reduction)
 
 
-def cosine_distance(ms: torch.Tensor, mt: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """e2KD's explanation loss: ``mean_b (1 - cos(ms_b, mt_b))``, after resizing both [B,h,w] maps to ``size``
-    (bilinear; the e2KD authors resize to the input). Equals ``1/2`` :func:`squared_normalized_l2` with
-    ``reduction="sum"`` on the resized maps."""
+def cosine_distance(ms: torch.Tensor, mt: torch.Tensor, size: tuple[int, int] | None = None,
+                    reduction: str = "mean") -> torch.Tensor:
+    """e2KD's explanation loss after resizing both [B,h,w] maps to ``size`` (bilinear; the e2KD authors resize to
+    the input): ``mean_b (1 - cos(ms_b, mt_b))`` under its authors' reduction (``mean``), ``2 (1 - cos)`` on the
+    one scale (``image``), which is :func:`squared_normalized_l2` of the resized maps."""
     if size is not None and tuple(ms.shape[-2:]) != tuple(size):
         ms = F.interpolate(ms[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         mt = F.interpolate(mt[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    if reduction == "image":
+        return squared_normalized_l2(ms, mt, "image")
     return (1 - F.cosine_similarity(ms.flatten(1), mt.flatten(1), dim=1, eps=1e-12)).mean()
 
 
@@ -82,10 +98,17 @@ class Batch:
         return weighted_maps(a, g, self.cfg.relu, self.cfg.per_neuron, mask)
 
     def l2(self, ms, mt):
+        """Eq. 2's squared distance of the normalised maps ``[B, ...]``, on the configured scale."""
         return squared_normalized_l2(ms, mt, self.cfg.reduction)
 
     def cosine(self, ms, mt, size=None):
-        return cosine_distance(ms, mt, size)
+        """e2KD's cosine distance after resizing to ``size``, on the configured scale."""
+        return cosine_distance(ms, mt, size, self.cfg.reduction)
+
+    def reduce(self, d, map_dims: int):
+        """Squared differences of unit-norm maps (the last ``map_dims`` dimensions one map) on the configured
+        scale (:func:`reduce_squared`)."""
+        return reduce_squared(d, map_dims, self.cfg.reduction)
 
     def bernoulli(self, b, c):
         return self.reg._bernoulli(b, c)

@@ -50,9 +50,10 @@ class TrainConfig:
 
 # ------------------------------------------------------------------ attribution matching (apnb.matching)
 
-# the registered kinds (apnb.kinds, torch-free): their names and default weights
+# the registered kinds (apnb.kinds, torch-free): their names and default weights on the one scale
 KINDS = tuple(_kinds.REGISTRY)
 DEFAULT_BETA = {k: v.beta for k, v in _kinds.REGISTRY.items()}
+AUTHORS_BETA = {k: v.authors_beta for k, v in _kinds.REGISTRY.items()}
 
 
 @dataclass
@@ -66,7 +67,7 @@ class MatchingConfig:
     center_logits: bool = False
     per_neuron: bool = False
     mask: str = "teacher"
-    reduction: str = "mean"
+    reduction: str = "image"  # the one scale, 2 (1 - cos) per image (apnb.kinds); "mean": the sources' own
     cam_size: int = 2  # CAT-KD: the side its class activation maps are average-pooled to (the authors' default)
 
     def __post_init__(self):
@@ -74,8 +75,11 @@ class MatchingConfig:
             self.layers = (self.layers,)
         self.layers = tuple(self.layers)
         kind = _kinds.get(self.kind)  # the live registry: a kind registered later is known here too
+        if self.reduction not in ("image", "mean"):
+            raise ValueError(f"reduction={self.reduction!r}: use image (one scale for every kind, 2 (1 - cos) per "
+                             f"image) or mean (each source's own reduction, the paper's beta's)")
         if self.beta is None:
-            self.beta = kind.beta
+            self.beta = kind.beta if self.reduction == "image" else kind.authors_beta
         if kind.layers:  # a kind that matches where its method says (attention transfer: the stage ends)
             self.layers = tuple(kind.layers)
         if not self.beta >= 0:
@@ -86,8 +90,6 @@ class MatchingConfig:
             raise ValueError(f"topk={self.topk}: match at least the top-1 class")
         if self.mask not in ("teacher", "both", "independent"):
             raise ValueError(f"mask={self.mask!r}: use teacher, both or independent")
-        if self.reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction={self.reduction!r}: use mean (authors' scale) or sum")
         if not (isinstance(self.cam_size, int) and self.cam_size >= 1):
             raise ValueError(f"cam_size={self.cam_size}: the pooled class maps need a side of at least 1")
         if not self.layers:
@@ -98,9 +100,14 @@ class MatchingConfig:
     KEYED_ALWAYS = ("kind", "beta", "layers", "p", "topk", "relu", "center_logits", "per_neuron", "mask", "reduction")
 
     def to_dict(self):
-        """The configuration as its store key holds it (see ``KEYED_ALWAYS``)."""
+        """The configuration as its store key holds it (see ``KEYED_ALWAYS``). A kind without a matching term
+        (naive) keys the first store's ``reduction``, "mean": the scale changes nothing in its objective, so its
+        networks keep their keys."""
         defaults = {f.name: f.default for f in fields(self)}
-        return {k: v for k, v in asdict(self).items() if k in self.KEYED_ALWAYS or v != defaults[k]}
+        out = {k: v for k, v in asdict(self).items() if k in self.KEYED_ALWAYS or v != defaults[k]}
+        if _kinds.get(self.kind).teacher == "logits":
+            out["reduction"] = "mean"
+        return out
 
 
 # a compression method of a chapter (``methods``, ``structured_methods``, ``qat_methods``): ``naive`` (no

@@ -1,10 +1,12 @@
 """The calibration's rules on hand cases, and the demo profile is the calibrated, frozen setting."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from apnb import calibration as K
+from apnb import kinds
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +66,41 @@ def test_beta_rule_largest_beta_within_two_points_of_naive():
     assert edge["swa"]["drop"] == pytest.approx(0.015) and edge["swa"]["seeds"] == [0, 1]
 
 
+def test_bisection_ends_where_the_walk_up_the_grid_ends():
+    """The one-scale beta steps search their grid by bisection: with a mAP that falls as beta grows, it trains
+    about log2 of the grid's length betas per method and picks the beta the walk up the whole grid would pick;
+    the tolerance comes from naive KD's spread over the calibration seeds."""
+    grid = [round(10 ** (k / 3), 6) for k in range(-9, 7)]
+    seeds = [100, 101, 102]
+    naive = [{"role": "kd", "step": "A naive KD", "seed": s, "mAP": m}
+             for s, m in zip(seeds + [103, 104], (0.78, 0.80, 0.76, 0.79, 0.77))]
+    tol = K.spread_tolerance(naive)
+    assert tol == pytest.approx(np.std([0.78, 0.80, 0.76, 0.79, 0.77], ddof=1))
+    with pytest.raises(ValueError, match="at least 3 seeds"):
+        K.spread_tolerance(naive[:2])
+    step = {"name": "C", "seeds": seeds, "betas": grid}
+    curves = {"swa": lambda b: 0.80 - 0.3 * b, "ewa": lambda b: 0.79 - 0.01 * b, "grad_at": lambda b: 0.70,
+              "e2kd": lambda b: 0.79}  # edge inside the grid, edge inside, below the grid, above it
+    for m, mAP in curves.items():
+        rows, trained = list(naive), []
+        while (b := K.bisect_next(rows, step, m, tol)) is not None:
+            trained.append(b)
+            rows += [{"role": "beta", "step": "C", "method": m, "beta": b, "seed": s,
+                      "mAP": mAP(b) + 0.01 * (s - 101)} for s in seeds]
+        full = list(naive) + [{"role": "beta", "step": "C", "method": m, "beta": b, "seed": s,
+                               "mAP": mAP(b) + 0.01 * (s - 101)} for b in grid for s in seeds]
+        assert K.beta_rule(rows, tol, step="C")[m] == K.beta_rule(full, tol, step="C")[m], m
+        assert len(trained) <= 5 and len(set(trained)) == len(trained), (m, trained)
+    assert K.beta_rule(rows, tol, step="C")["e2kd"] == 100.0
+    # a beta trained on two of three seeds is not decided yet: it is trained again, not skipped
+    part = list(naive) + [{"role": "beta", "step": "C", "method": "swa", "beta": grid[7], "seed": s, "mAP": 0.1}
+                          for s in seeds[:2]]
+    assert K.bisect_next(part, step, "swa", tol) == grid[7]  # the first midpoint
+    # rows of another step do not count
+    assert K.beta_rule(part + [{"role": "beta", "step": "A", "method": "swa", "beta": 3.0, "seed": 100, "mAP": 0.8}],
+                       tol, step="C") == {"swa": None}
+
+
 def test_deep_merge():
     assert K.deep_merge({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3}, "b": 1}
 
@@ -92,8 +129,16 @@ def test_demo_profile_is_the_calibrated_setting():
     st_rows = [r for r in rec["rows"] if r["step"] == st_step]
     assert K.p2_summary(st_rows[0]["teacher"], st_rows)["holds"]
     assert st_["finetune"] == rec["settings"][st_rows[0]["settings"]]["structured_finetune"]
-    betas = K.beta_rule([r for r in rec["rows"] if r["role"] in ("kd", "beta")])
-    assert demo["matching"]["beta"] == {m: b for m, b in betas.items()}
+    # the weights: step A's rule (mean scale, one seed) converted to the one scale of every kind (beta / 64 on
+    # the 8x8 maps), until step C's rule (one scale, three seeds) has decided every kind it searches
+    rows = [r for r in rec["rows"] if r["role"] in ("kd", "beta")]
+    step_c = next(st for st in K.load_plan(REPO / "profiles" / "calibrate.yml")["steps"] if st["name"] == "C beta, one scale")
+    tol = K.spread_tolerance(rec["rows"])
+    if all(K.bisect_next(rows, step_c, m, tol) is None for m in step_c["methods"]):
+        want = K.beta_rule(rows, tol, step=step_c["name"])
+    else:
+        want = {m: kinds.get(m).image_beta(b, 64) for m, b in K.beta_rule(rows, step="A beta").items()}
+    assert {m: b for m, b in demo["matching"]["beta"].items()} == {m: want[m] for m in demo["matching"]["beta"]}
     assert demo["matching"]["p"] == frozen.get("sswa_p", 0.3)  # the rule kept SSWA's p at the paper's 0.3
 
 

@@ -29,9 +29,13 @@ def test_the_registry_is_the_one_list():
         assert f"``{name}``" in kinds.__doc__, f"{name}: add its row to the table of apnb.kinds"
         assert k.teacher in kinds.TEACHER_NEEDS and k.beta >= 0 and k.source
         assert MatchingConfig(kind=name).beta == k.beta
-    # the paper's weights (supplement C.2) and the e2KD authors' coefficient
-    assert (specs.DEFAULT_BETA["ewa"], specs.DEFAULT_BETA["swa"], specs.DEFAULT_BETA["sswa"]) == (100.0, 50.0, 50.0)
-    assert specs.DEFAULT_BETA["e2kd"] == 1.0
+        assert MatchingConfig(kind=name, reduction="mean").beta == k.authors_beta
+    # the paper's weights (supplement C.2) and the e2KD authors' coefficient, as stated and on the one scale
+    assert (specs.AUTHORS_BETA["ewa"], specs.AUTHORS_BETA["swa"], specs.AUTHORS_BETA["sswa"]) == (100.0, 50.0, 50.0)
+    assert specs.AUTHORS_BETA["e2kd"] == 1.0 and specs.DEFAULT_BETA["e2kd"] == 0.5
+    assert specs.DEFAULT_BETA["swa"] == pytest.approx(50 / 49) and specs.DEFAULT_BETA["ewa"] == pytest.approx(100 / 49)
+    assert kinds.get("swa").image_beta(3.0, 64) == 3 / 64  # the book's earlier beta 3 on 8x8 maps
+    assert kinds.get("cat_kd").image_beta(400.0, 4) == specs.DEFAULT_BETA["cat_kd"] == 100.0
 
 
 def test_register_refuses_a_taken_name_and_an_unknown_need():
@@ -97,8 +101,8 @@ def test_a_field_added_at_its_default_keeps_every_store_key():
     for kw in ({}, {"kind": "sswa", "p": 0.5}, {"kind": "ewa", "layers": ("last_conv", "features.3")}):
         assert config_key(Later(**kw).to_dict()) == config_key(MatchingConfig(**kw).to_dict())
     assert config_key(Later(temperature=2.0).to_dict()) != config_key(MatchingConfig().to_dict())
-    # a key of the first store, written out: unchanged by the registry
-    assert config_key(MatchingConfig(kind="sswa", beta=50.0, p=0.3).to_dict()) == config_key(
+    # a key of the first store, written out: unchanged by the registry (the first store's scale was "mean")
+    assert config_key(MatchingConfig(kind="sswa", beta=50.0, p=0.3, reduction="mean").to_dict()) == config_key(
         {"kind": "sswa", "beta": 50.0, "layers": ("last_conv",), "p": 0.3, "topk": 1, "relu": True,
          "center_logits": False, "per_neuron": False, "mask": "teacher", "reduction": "mean"})
 
@@ -126,12 +130,15 @@ def test_stage_ends_and_the_global_pooling_head():
 
 def test_multi_layer_attention_transfer_equals_the_reference_formula():
     """AT (Zagoruyko & Komodakis; mdistiller's ``at_loss``): the sum over the stage ends of
-    ``(normalize(mean_c A_s^2) - normalize(mean_c A_t^2))^2`` averaged over batch and positions."""
+    ``(normalize(mean_c A_s^2) - normalize(mean_c A_t^2))^2`` averaged over batch and positions (the authors'
+    reduction); on the one scale, summed over each stage's map, so that every stage weighs the same."""
     t, s = vgg_pair()
     x = torch.randn(4, 3, 32, 32)
     reg = AttributionMatching(kind="at")
-    assert reg.cfg.layers == ("stage_ends",) and reg.beta == 1000.0
-    _, _, loss = reg(s, x, t)
+    assert reg.cfg.layers == ("stage_ends",) and reg.beta == pytest.approx(1000.0 / 49)
+    assert AttributionMatching(kind="at", reduction="mean").beta == 1000.0
+    image = reg(s, x, t)[2]
+    _, _, loss = AttributionMatching(kind="at", reduction="mean")(s, x, t)
     ends = lambda net: {n for n, m in net.features.named_children()  # noqa: E731
                         if isinstance(m, nn.ReLU) and isinstance(net.features[int(n) + 1], (nn.MaxPool2d, nn.Identity))}
     acts = {}
@@ -145,7 +152,9 @@ def test_multi_layer_attention_transfer_equals_the_reference_formula():
     at = lambda a: F.normalize(a.pow(2).mean(1).view(a.size(0), -1))  # noqa: E731
     ref = sum((at(a) - at(b)).pow(2).mean() for a, b in zip(acts["s"], acts["t"]))
     assert len(acts["t"]) == 3 and torch.allclose(loss, ref, atol=1e-7)
-    assert loss > AttributionMatching(kind="ewa")(s, x, t)[2]  # more than the last stage alone
+    assert torch.allclose(image, sum((at(a) - at(b)).pow(2).sum(1).mean() for a, b in zip(acts["s"], acts["t"])),
+                          atol=1e-6)
+    assert image > AttributionMatching(kind="ewa")(s, x, t)[2]  # more than the last stage alone
 
 
 def test_cat_kd_equals_the_reference_formula_and_needs_its_head():
@@ -155,7 +164,7 @@ def test_cat_kd_equals_the_reference_formula_and_needs_its_head():
     x = torch.randn(3, 3, 32, 32)
     reg = AttributionMatching(kind="cat_kd")
     reg.check(s, t, x[:1])
-    _, _, loss = reg(s, x, t)
+    _, _, loss = AttributionMatching(kind="cat_kd", reduction="mean")(s, x, t)  # the authors' reduction
     cams = {}
     for key, net in (("t", t), ("s", s)):
         feats, hs = _hooked(net, lambda n, m: m is net.avgpool, inputs=True)  # what the global pool averages
@@ -168,7 +177,9 @@ def test_cat_kd_equals_the_reference_formula_and_needs_its_head():
         pooled = F.adaptive_avg_pool2d(cam, 2).flatten(2)
         cams[key] = pooled / pooled.norm(dim=2, keepdim=True)
     assert torch.allclose(loss, F.mse_loss(cams["s"], cams["t"]), atol=1e-6)
-    assert not kinds.REGISTRY["cat_kd"].logit_kd and reg.beta == 400.0
+    # on the one scale: the per-map sum over the 2 x 2 cells, averaged over images and classes
+    assert torch.allclose(reg(s, x, t)[2], (cams["s"] - cams["t"]).pow(2).sum(2).mean(), atol=1e-6)
+    assert not kinds.REGISTRY["cat_kd"].logit_kd and reg.beta == 100.0
     # the gradient reaches the student's classifier too (the maps are made with its weights)
     s.zero_grad()
     reg(s, x, t)[2].backward()
@@ -210,3 +221,46 @@ def test_a_new_field_at_its_default_left_the_keys_alone():
     """``cam_size`` came after the first store: at its default it is not in any key; off it, it is."""
     assert "cam_size" not in MatchingConfig(kind="sswa").to_dict()
     assert MatchingConfig(kind="cat_kd", cam_size=4).to_dict()["cam_size"] == 4
+
+
+# ------------------------------------------------------------------ one scale for every kind
+
+@pytest.mark.parametrize("shape", [(8, 8), (64, 64), (3, 64, 64)], ids=["8x8", "64x64", "input-gradient"])
+def test_one_pair_of_maps_gives_one_loss_for_every_kind(shape):
+    """The verdicts issue's one scale: for one pair of unit-normalised maps every kind's term is the same number,
+    2 (1 - cos), at 8x8, at 64x64 and at the size of an input gradient; the sources' own reductions are not."""
+    from apnb.matching import Batch
+
+    g = torch.Generator().manual_seed(0)
+    ms, mt = torch.rand(2, *shape, generator=g), torch.rand(2, *shape, generator=g)
+    ms, mt = [m / m.flatten(1).norm(dim=1).view(-1, *[1] * len(shape)) for m in (ms, mt)]
+    expect = (2 * (1 - F.cosine_similarity(ms.flatten(1), mt.flatten(1), dim=1))).mean()
+    spatial = len(shape) == 2
+    values, means = {}, {}
+    for name, k in kinds.REGISTRY.items():
+        if k.teacher == "logits" or k.control:
+            continue
+        if not spatial and k.teacher != "input":
+            continue  # a 3-channel map is an input gradient: only the input kinds see one
+        for reduction, out in (("image", values), ("mean", means)):
+            reg = AttributionMatching(kind=name, p=0.0, reduction=reduction, cam_size=shape[-1])
+            ctx = Batch(reg, torch.zeros(2, 3, *shape[-2:]))
+            if k.needs_head:  # CAT-KD: the pair as the maps of one class, pooled to their own size
+                ctx.class_maps = lambda a, who: a
+                args = (ms[:, None], None, mt[:, None], None)
+            elif k.teacher == "acts":  # EWA, AT: the channel mean of the squared activations
+                args = (ms.sqrt()[:, None], None, mt.sqrt()[:, None], None)
+            elif k.teacher == "grads":  # SWA and its kin: ReLU(1 x A)
+                one = torch.ones(2, 1, *shape)
+                args = (ms[:, None], one, mt[:, None], one)
+            else:  # gradient AT: the input gradients themselves
+                args = (ms, None, mt, None)
+            out[name] = k.term(ctx, *args)
+    assert values and len(values) == len(means)
+    for name, v in values.items():
+        assert torch.allclose(v, expect, atol=1e-5), f"{name}: {v} on the one scale, expected {expect}"
+    elements = ms[0].numel()
+    for name, v in means.items():  # the sources' reductions shrink with the map's elements (e2KD halves it)
+        want = expect / 2 if name == "e2kd" else expect / elements
+        assert torch.allclose(v, want, atol=1e-6), f"{name}: {v} under its source's reduction, expected {want}"
+        assert kinds.get(name).image_beta(1.0, elements) * expect == pytest.approx(want.item(), rel=1e-5)

@@ -20,13 +20,15 @@ Y = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 1]], dtype=torc
 def test_ewa_equals_attention_transfer():
     t, s = vgg_pair()
     x = torch.randn(4, 3, 32, 32)
-    reg = AttributionMatching(kind="ewa")
-    _, _, loss = reg(s, x, t)
+    _, _, loss = AttributionMatching(kind="ewa", reduction="mean")(s, x, t)
+    _, _, image = AttributionMatching(kind="ewa")(s, x, t)
     with Tap(t, "last_conv") as tt, Tap(s, "last_conv") as ts:
         t(x), s(x)
     at = lambda a: F.normalize(a.pow(2).mean(1).view(a.size(0), -1))  # szagoruyko/attention-transfer utils.at
-    ref = (at(ts.acts[ts.layers[0]]) - at(tt.acts[tt.layers[0]])).pow(2).mean()
-    assert torch.allclose(loss, ref, atol=1e-7)
+    d = (at(ts.acts[ts.layers[0]]) - at(tt.acts[tt.layers[0]])).pow(2)
+    assert torch.allclose(loss, d.mean(), atol=1e-7)  # at_loss: the mean over B x H x W
+    assert torch.allclose(image, d.sum(1).mean(), atol=1e-6)  # the one scale: the per-image sum
+    assert torch.allclose(image, loss * d.shape[1], atol=1e-6)
 
 
 def test_swa_map_is_gradcam():
@@ -36,19 +38,25 @@ def test_swa_map_is_gradcam():
 
 
 def test_e2kd_is_one_minus_cosine_of_resized_gradcam_and_half_eq2():
-    """e2KD (Parchami-Araghi et al. 2024): mean_b (1 - cos) of the top-1 Grad-CAM maps resized to the input;
-    per sample that is 1/2 || a/|a| - b/|b| ||^2, i.e. Eq. 2's term with a per-sample (sum) reduction."""
+    """e2KD (Parchami-Araghi et al. 2024): mean_b (1 - cos) of the top-1 Grad-CAM maps resized to the input under
+    its authors' reduction; per sample that is 1/2 || a/|a| - b/|b| ||^2, so on the one scale it is 2 (1 - cos),
+    Eq. 2's term with the per-image reduction, and its authors' weight 1 is 1/2 there."""
     t, s, x, ms, mt = vgg_pair_gradcam()
     up = lambda m: F.interpolate(m[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
     a, b = up(ms).flatten(1), up(mt).flatten(1)
     direct = (1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean()  # by hand, not F.cosine_similarity
-    _, _, loss = AttributionMatching(kind="e2kd")(s, x, t)
+    _, _, loss = AttributionMatching(kind="e2kd", reduction="mean")(s, x, t)
+    _, _, image = AttributionMatching(kind="e2kd")(s, x, t)
     assert torch.allclose(loss, direct, atol=1e-6)
-    assert torch.allclose(loss, 0.5 * squared_normalized_l2(up(ms), up(mt), reduction="sum"), atol=1e-6)
-    assert torch.allclose(cosine_distance(ms, mt), 0.5 * squared_normalized_l2(ms, mt, reduction="sum"), atol=1e-6)
-    assert MatchingConfig(kind="e2kd").beta == 1.0  # the e2KD authors' explanation_loss_coef
+    assert torch.allclose(image, 2 * direct, atol=1e-6)
+    assert torch.allclose(image, squared_normalized_l2(up(ms), up(mt)), atol=1e-6)
+    assert torch.allclose(cosine_distance(ms, mt), 0.5 * squared_normalized_l2(ms, mt), atol=1e-6)
+    assert MatchingConfig(kind="e2kd", reduction="mean").beta == 1.0  # the e2KD authors' explanation_loss_coef
+    assert MatchingConfig(kind="e2kd").beta == 0.5  # the same objective on the one scale
     # the resizing matters: on the 8x8 maps themselves the loss is another number
     assert not torch.allclose(cosine_distance(ms, mt), loss, atol=1e-4)
+    # the weight converts, and with it the objective: beta * loss is the same on either scale
+    assert torch.allclose(0.5 * image, 1.0 * loss, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", TERMS)
@@ -127,7 +135,7 @@ def test_teacher_gets_no_gradient_and_hooks_removed():
 
 
 @pytest.mark.parametrize("opts", [dict(per_neuron=True), dict(relu=False), dict(layers=("last_conv", "features.20")),
-                                  dict(reduction="sum"), dict(mask="independent")])
+                                  dict(reduction="mean"), dict(mask="independent")])
 def test_options_run(opts):
     t, s = vgg_pair()
     kind = "sswa" if "mask" in opts else "swa"
@@ -138,8 +146,18 @@ def test_options_run(opts):
 def test_grad_at():
     t, s = vgg_pair()
     y = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0]], dtype=torch.float32)
-    _, _, loss = AttributionMatching(kind="grad_at")(s, torch.randn(2, 3, 32, 32), t, y,
-                                                      F.multilabel_soft_margin_loss)
+    x = torch.randn(2, 3, 32, 32)
+    _, _, loss = AttributionMatching(kind="grad_at")(s, x, t, y, F.multilabel_soft_margin_loss)
+    # the value: 2 (1 - cos) per image of the input gradients of the task loss, computed here on their own
+    grads = []
+    for net in (s, t):
+        xi = x.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(F.multilabel_soft_margin_loss(net(xi), y), xi)[0].flatten(1))
+    cos = F.cosine_similarity(grads[0], grads[1], dim=1)
+    assert torch.allclose(loss, (2 * (1 - cos)).mean(), atol=1e-5)
+    # the scale: on the one scale it does not shrink with the 3 x 32 x 32 elements of an input gradient
+    _, _, mean = AttributionMatching(kind="grad_at", reduction="mean")(s, x, t, y, F.multilabel_soft_margin_loss)
+    assert torch.allclose(mean * 3 * 32 * 32, loss, rtol=1e-4)
     loss.backward()
     assert all(p.grad is None for p in t.parameters())
 
