@@ -168,8 +168,8 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
         s = deep_merge(plan["base"], step.get("changes", {}))
         stage = step.get("stage", "teacher")
         role = step.get("role", stage)  # a step that compares a variant (precision) keeps its rows apart
-        if stage == "beta" and step.get("search") == "bisect":
-            _bisect_step(step, s, rec, path, store, dev, log)
+        if stage == "beta" and step.get("search") == "walk":
+            _search_step(step, s, rec, path, store, dev, log)
             continue
         grid = [(m, float(b)) for m in step.get("methods", []) for b in step.get("betas", [])] or [(None, None)]
         for (method, beta), seed in [(g, sd) for g in grid for sd in step["seeds"]]:
@@ -259,31 +259,42 @@ def _verdict(rows: list[dict], step: dict, method: str, beta: float, tolerance: 
     return bool(np.mean([naive[r["seed"]] - r["mAP"] for r in rs]) <= tolerance)
 
 
-def bisect_next(rows: list[dict], step: dict, method: str, tolerance: float) -> float | None:
-    """The next beta of ``step["betas"]`` to train for ``method``, or None when the search has ended. A bisection
-    of the grid between "below the grid" (beta 0, naive KD: passes) and "above it" (misses), assuming that a
-    larger weight never costs less mAP: it ends where the walk up the same grid would (:func:`beta_rule`), and
-    trains about log2 of the grid's length betas instead of every one below the edge."""
+def search_next(rows: list[dict], step: dict, method: str, tolerance: float) -> float | None:
+    """The next beta of ``step["betas"]`` to train for ``method``, or None when the search has ended. The search
+    assumes that a larger weight never costs less mAP, and ends where the walk up the whole grid would
+    (:func:`beta_rule`): at a beta that passes next to one that misses (or at an end of the grid). It starts at
+    ``step["start"][method]`` (a grid point; default the middle of the grid) and walks one grid step up from
+    the largest pass, or down from the smallest miss, so that a good start costs two or three betas. A beta
+    counts once it is trained on every seed of the step; one trained on some seeds only is trained next."""
     grid = sorted(float(b) for b in step["betas"])
-    lo, hi = -1, len(grid)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        ok = _verdict(rows, step, method, grid[mid], tolerance)
-        if ok is None:
-            return grid[mid]
-        lo, hi = (mid, hi) if ok else (lo, mid)
-    return None
+    seen = sorted({r["beta"] for r in rows if r.get("step") == step["name"] and r.get("method") == method})
+    verdict = {b: _verdict(rows, step, method, b, tolerance) for b in seen}
+    start = float(step.get("start", {}).get(method, grid[len(grid) // 2]))
+    passes = [b for b in grid if verdict.get(b) is True]
+    misses = [b for b in grid if verdict.get(b) is False]
+    if not passes and not misses:
+        return start
+    if passes and (not misses or min(misses) > max(passes)):
+        i = grid.index(max(passes)) + 1  # walk up from the largest pass
+        if i == len(grid) or (misses and grid[i] == min(misses)):
+            return None
+        return grid[i]
+    if not passes:
+        i = grid.index(min(misses)) - 1  # walk down from the smallest miss
+        return None if i < 0 else grid[i]
+    return None  # a miss below a pass: the walk up the grid ends at that miss (beta_rule); nothing to add
 
 
-def _bisect_step(step: dict, s: dict, rec: dict, path: Path, store: Store, dev, log):
-    """A beta step searched by bisection (``search: bisect``): in rounds, every method still searching trains its
-    next beta on every seed; the methods of one seed train in one cohort (one teacher pass per batch), each
-    exactly as it would alone. Rows are written after each seed's cohort, so an interrupted step resumes."""
+def _search_step(step: dict, s: dict, rec: dict, path: Path, store: Store, dev, log):
+    """A beta step searched from a start (``search: walk``, :func:`search_next`): in rounds, every method still
+    searching trains its next beta on every seed; the methods of one seed train in one cohort (one teacher pass
+    per batch), each exactly as it would alone. Rows are written after each seed's cohort, so an interrupted
+    step resumes."""
     tolerance = spread_tolerance(rec["rows"], step.get("naive", "A naive KD"))
     S, _ = _teacher(s, step["teacher_seed"], store, dev)
     layer = {"layer": "last_conv", "p": s.get("sswa_p", 0.3), "beta": {}}
     while True:
-        todo = {m: bisect_next(rec["rows"], step, m, tolerance) for m in step["methods"]}
+        todo = {m: search_next(rec["rows"], step, m, tolerance) for m in step["methods"]}
         todo = {m: b for m, b in todo.items() if b is not None}
         if not todo:
             return
@@ -321,8 +332,8 @@ def _missed_below(rows: list[dict], step: dict, method: str, beta: float, tolera
 def beta_rule(rows: list[dict], tolerance: float = 0.02, step: str | None = None) -> dict:
     """Per method, walk the beta grid upwards and keep the last beta whose mean mAP (over the seeds it shares
     with naive KD, paired by seed) is at least the naive mean minus ``tolerance``; the first beta that misses
-    ends the walk (the larger ones are not trained; a bisection, :func:`bisect_next`, trains fewer and ends at
-    the same beta). None when the smallest already misses. ``rows``: the records of the naive KD and beta
+    ends the walk (the larger ones are not trained; a search from a start, :func:`search_next`, trains fewer
+    and ends at the same beta). None when the smallest already misses. ``rows``: the records of the naive KD and beta
     stages; ``step``: only that step's beta rows. Looks at mAP only."""
     naive = {r["seed"]: r["mAP"] for r in rows if r["role"] == "kd"}
     rows = [r for r in rows if r["role"] != "beta" or step is None or r.get("step") == step]
@@ -356,6 +367,44 @@ def beta_edge(rows: list[dict], tolerance: float = 0.02, step: str | None = None
         out.append({"method": m, "beta": ch, "next_beta": nxt, "mAP": at[ch], "mAP_next": at[nxt],
                     "drop": at[ch] - at[nxt], "seeds": sorted({r["seed"] for r in rs})})
     return out
+
+
+ONE_SCALE_STEPS = ("C beta, one scale", "D beta, one scale, the field since 2020")
+
+
+def beta_search(rec: dict, steps=ONE_SCALE_STEPS) -> tuple:
+    """The one-scale beta steps as the book's page shows them: ``(points, table, tolerance)``. ``points``: one row
+    per (method, beta) trained, with the mean paired mAP loss against naive KD over the step's seeds (points of
+    mAP; positive: the matched students are worse) and whether it passes; ``table``: per method, the rule's beta,
+    the smallest beta that missed, their losses, and the source's weight on the one scale (the paper's 50 on 7x7
+    maps is 50/49); ``tolerance``: the spread tolerance (:func:`spread_tolerance`). Empty frames before the steps
+    ran."""
+    import pandas as pd
+
+    from . import kinds
+
+    tol = spread_tolerance(rec["rows"])
+    naive = {r["seed"]: r["mAP"] for r in rec["rows"] if r["role"] == "kd" and r["step"] == "A naive KD"}
+    plan = {st["name"]: st for st in load_plan()["steps"]}
+    points, table = [], []
+    for name in steps:
+        rows = [r for r in rec["rows"] if r.get("step") == name]
+        for m in dict.fromkeys(r["method"] for r in rows):
+            for b in sorted({r["beta"] for r in rows if r["method"] == m}):
+                rs = [r for r in rows if r["method"] == m and r["beta"] == b]
+                loss = float(np.mean([naive[r["seed"]] - r["mAP"] for r in rs]))
+                points.append({"step": name, "method": m, "beta": b, "seeds": len(rs), "mAP": float(np.mean([r["mAP"] for r in rs])),
+                               "mAP loss": 100 * loss, "passes": loss <= tol if len(rs) == len(plan[name]["seeds"]) else None})
+            chosen = beta_rule([r for r in rec["rows"] if r["role"] == "kd"] + rows, tol, step=name).get(m)
+            done = search_next(rec["rows"], plan[name], m, tol) is None if name in plan else True
+            mine = [p for p in points if p["step"] == name and p["method"] == m]
+            miss = next((p for p in mine if p["passes"] is False and (chosen is None or p["beta"] > chosen)), None)
+            at = next((p for p in mine if p["beta"] == chosen), None)
+            table.append({"method": m, "rule's beta": chosen if done else None, "mAP loss there": at["mAP loss"] if at else None,
+                          "first miss": miss["beta"] if miss else None, "mAP loss at the miss": miss["mAP loss"] if miss else None,
+                          "source's beta, one scale": kinds.get(m).beta, "betas trained": len(mine),
+                          "searched": "done" if done else "in progress"})
+    return pd.DataFrame(points), pd.DataFrame(table), tol
 
 
 # ------------------------------------------------------------------ reading the record (the book's page)
