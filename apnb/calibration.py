@@ -375,9 +375,10 @@ ONE_SCALE_STEPS = ("C beta, one scale", "D beta, one scale, the field since 2020
 def beta_search(rec: dict, steps=ONE_SCALE_STEPS) -> tuple:
     """The one-scale beta steps as the book's page shows them: ``(points, table, tolerance)``. ``points``: one row
     per (method, beta) trained, with the mean paired mAP loss against naive KD over the step's seeds (points of
-    mAP; positive: the matched students are worse) and whether it passes; ``table``: per method, the rule's beta,
-    the smallest beta that missed, their losses, and the source's weight on the one scale (the paper's 50 on 7x7
-    maps is 50/49); ``tolerance``: the spread tolerance (:func:`spread_tolerance`). Empty frames before the steps
+    mAP; positive: the matched students are worse) and whether it passes; ``table``: per method, the rule's beta
+    (``rule``, None until the search has ended), the smallest beta above it that missed (``first_miss``), their
+    losses (``loss_rule``, ``loss_miss``), the source's weight on the one scale (``source``: the paper's 50 on
+    7x7 maps is 50/49), the betas trained and whether the search is ``done``; ``tolerance``: the spread tolerance (:func:`spread_tolerance`). Empty frames before the steps
     ran."""
     import pandas as pd
 
@@ -400,10 +401,9 @@ def beta_search(rec: dict, steps=ONE_SCALE_STEPS) -> tuple:
             mine = [p for p in points if p["step"] == name and p["method"] == m]
             miss = next((p for p in mine if p["passes"] is False and (chosen is None or p["beta"] > chosen)), None)
             at = next((p for p in mine if p["beta"] == chosen), None)
-            table.append({"method": m, "rule's beta": chosen if done else None, "mAP loss there": at["mAP loss"] if at else None,
-                          "first miss": miss["beta"] if miss else None, "mAP loss at the miss": miss["mAP loss"] if miss else None,
-                          "source's beta, one scale": kinds.get(m).beta, "betas trained": len(mine),
-                          "searched": "done" if done else "in progress"})
+            table.append({"method": m, "rule": chosen if done else None, "loss_rule": at["mAP loss"] if at else None,
+                          "first_miss": miss["beta"] if miss else None, "loss_miss": miss["mAP loss"] if miss else None,
+                          "source": kinds.get(m).beta, "trained": len(mine), "searched": "done" if done else "in progress"})
     return pd.DataFrame(points), pd.DataFrame(table), tol
 
 

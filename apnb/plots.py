@@ -90,3 +90,26 @@ def forest(decided: pd.DataFrame, title: str | None = None):
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def beta_search(points: pd.DataFrame, tolerance: float, chosen: dict | None = None):
+    """The accuracy-only rule's search on the one scale (:func:`apnb.calibration.beta_search`): each kind's mean
+    paired mAP loss against naive KD (points) at every beta trained, on a log axis, with the tolerance; the
+    rule's beta ringed. Returns the figure."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    if points.empty:
+        ax.text(0.5, 0.5, "no beta trained yet", ha="center", va="center", transform=ax.transAxes)
+        points = pd.DataFrame(columns=["method", "beta", "mAP loss"])
+    for i, (m, g) in enumerate(points.groupby("method", sort=False)):
+        g = g.sort_values("beta")
+        ax.plot(g.beta, g["mAP loss"], marker="o", c=f"C{i}", label=m.upper())
+        b = (chosen or {}).get(m)
+        if b is not None:
+            ax.scatter([b], g[g.beta == b]["mAP loss"], s=160, facecolors="none", edgecolors=f"C{i}", linewidths=1.5)
+    ax.axhline(100 * tolerance, ls="--", c="C3", lw=1, label="tolerance")
+    ax.axhline(0, c="0.6", lw=0.8)
+    ax.set(xscale="log", xlabel="beta on the one scale (2 (1 - cos) per image)",
+           ylabel="mAP loss against naive KD (points)")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
