@@ -60,6 +60,7 @@ from .evaluate import LocResult, evaluate_model, prediction_metrics
 from .guards import Guards, check_min, check_plateau, chance_map
 from .kinds import get as kind_of
 from .matching import AttributionMatching, MatchingConfig
+from .specs import split_method
 from .store import Store, config_key
 
 METHODS = ("naive", "ewa", "swa", "sswa")
@@ -136,7 +137,8 @@ class Job:
     :class:`~apnb.specs.MatchingConfig` fields (``opts``), whether distillation keeps the logit KD term
     (``kd``; None: the kind's own default), the student's architecture (``spec``; None: the teacher's at the
     recipe's width divisor) and ``eval_fn(model) -> dict``, called after each epoch of a fine-tune the store
-    does not hold yet."""
+    does not hold yet. ``label``: how a chapter names it (``sswa@paper``: SSWA at its paper's weight); the
+    store key knows only the method and the weight."""
     method: str
     seed: int
     train: dict
@@ -147,6 +149,7 @@ class Job:
     kd: bool | None = None
     spec: dict | None = None
     eval_fn: Callable | None = None
+    label: str | None = None
 
     def matching(self) -> AttributionMatching:
         """The regularizer of this job (``naive`` is the kind ``none``)."""
@@ -162,9 +165,14 @@ class Job:
 def job(method: str, seed: int, train: dict, matching: dict, beta: float | None = None, p: float | None = None,
         layers: list[str] | None = None, opts: dict | None = None, eval_fn=None, kd: bool | None = None) -> Job:
     """One network of a recipe: ``train`` at ``seed``; ``beta`` defaults to ``matching["beta"][method]`` (None for
-    naive: the kind's default), ``p`` to ``matching["p"]`` and ``layers`` to ``[matching["layer"]]``."""
-    return Job(method, seed, dict(train, seed=seed), matching["beta"].get(method) if beta is None else beta,
-               matching["p"] if p is None else p, tuple(layers or [matching["layer"]]), opts, kd, None, eval_fn)
+    naive: the kind's default), ``p`` to ``matching["p"]`` and ``layers`` to ``[matching["layer"]]``. A method
+    ``<kind>@paper`` is the kind at the weight its paper states, on the one scale (:attr:`apnb.kinds.Kind.beta`),
+    labelled so."""
+    kind, at_paper = split_method(method)
+    if beta is None:
+        beta = kind_of(kind).beta if at_paper else matching["beta"].get(kind)
+    return Job(kind, seed, dict(train, seed=seed), beta, matching["p"] if p is None else p,
+               tuple(layers or [matching["layer"]]), opts, kd, None, eval_fn, label=method)
 
 
 def _jobs(runs, train: dict, matching: dict) -> list[Job]:

@@ -113,6 +113,15 @@ class MatchingConfig:
 # a compression method of a chapter (``methods``, ``structured_methods``, ``qat_methods``): ``naive`` (no
 # matching term) or a registered matching kind (apnb.kinds; apnb.recipes.Job.matching)
 COMPRESSION_METHODS = ("naive",) + tuple(k for k in KINDS if k != "none")
+# ``<kind>@paper``: the same kind at the weight its paper states, on the one scale (Kind.beta), beside the
+# weight the book's rule chose (the recipe's ``matching.beta``); the verdicts issue's second row per method
+AT_PAPER = "@paper"
+PAPER_WEIGHT_METHODS = tuple(k + AT_PAPER for k in KINDS if k != "none")
+
+
+def split_method(name: str) -> tuple[str, bool]:
+    """``("sswa", True)`` for ``"sswa@paper"``, ``("sswa", False)`` for ``"sswa"``."""
+    return (name[: -len(AT_PAPER)], True) if name.endswith(AT_PAPER) else (name, False)
 
 # ------------------------------------------------------------------ premise guards (apnb.guards)
 

@@ -14,8 +14,8 @@ import os
 
 from .config import resolve_path
 from .data.synthetic import SynthConfig
-from .specs import (ARCH_OPTIONS, ATTRIBUTION_METHODS, COMPRESSION_METHODS, DATASETS, Guards, MatchingConfig,
-                    TrainConfig)
+from .specs import (ARCH_OPTIONS, ATTRIBUTION_METHODS, COMPRESSION_METHODS, DATASETS, PAPER_WEIGHT_METHODS, Guards,
+                    MatchingConfig, TrainConfig)
 
 
 class ParameterError(ValueError):
@@ -139,7 +139,8 @@ def _methods_in(registry: tuple[str, ...], what: str):
     return rule
 
 
-_COMPRESSION = _methods_in(COMPRESSION_METHODS, "compression methods")
+# a method may also be a kind at its paper's weight (``sswa@paper``), beside the rule's weight
+_COMPRESSION = _methods_in(COMPRESSION_METHODS + PAPER_WEIGHT_METHODS, "compression methods")
 _ATTRIBUTION = _methods_in(ATTRIBUTION_METHODS, "attribution methods")
 
 

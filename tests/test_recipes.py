@@ -94,6 +94,11 @@ def test_one_api_for_every_recipe(tmp_path, synth_root):
     j = R.job("sswa", 3, FT, MATCHING, p=0.0, layers=["conv4_3"])
     assert (j.train, j.beta, j.p, j.layers) == (dict(FT, seed=3), 2.0, 0.0, ("conv4_3",))
     assert R.job("naive", 0, FT, MATCHING).beta is None and R.job("naive", 0, FT, MATCHING).matching().beta == 0.0
+    # a kind at its paper's weight on the one scale, labelled so; its key knows only the kind and the weight
+    j = R.job("sswa@paper", 3, FT, MATCHING)
+    assert (j.method, j.label, j.beta) == ("sswa", "sswa@paper", pytest.approx(50 / 49))
+    assert j.matching().cfg.to_dict() == R.job("sswa", 3, FT, MATCHING, beta=50 / 49).matching().cfg.to_dict()
+    assert R.job("e2kd@paper", 3, FT, MATCHING).beta == 0.5  # its authors' 1 on mean (1 - cos)
     n = len(_entries(tmp_path / "n"))
     q, qi = R.quantized(S, None, MATCHING, ("naive", 0), 8, 16)
     assert qi["mode"] == "ptq" and qi["calib_images"] == 16 and len(_entries(tmp_path / "n")) == n
