@@ -263,26 +263,36 @@ def search_next(rows: list[dict], step: dict, method: str, tolerance: float) -> 
     """The next beta of ``step["betas"]`` to train for ``method``, or None when the search has ended. The search
     assumes that a larger weight never costs less mAP, and ends where the walk up the whole grid would
     (:func:`beta_rule`): at a beta that passes next to one that misses (or at an end of the grid). It starts at
-    ``step["start"][method]`` (a grid point; default the middle of the grid) and walks one grid step up from
-    the largest pass, or down from the smallest miss, so that a good start costs two or three betas. A beta
-    counts once it is trained on every seed of the step; one trained on some seeds only is trained next."""
+    ``step["start"][method]`` (a grid point; default the middle of the grid) and gallops: up from the largest
+    pass while every beta passes, down from the smallest miss while every one misses, by 1, 2, 4, ... grid
+    steps; once a pass and a miss bracket the edge it bisects between them. From a start next to the edge that
+    costs two or three betas, from anywhere about twice log2 of the distance. A beta counts once it is trained
+    on every seed of the step; one trained on some seeds only is trained next."""
     grid = sorted(float(b) for b in step["betas"])
     seen = sorted({r["beta"] for r in rows if r.get("step") == step["name"] and r.get("method") == method})
     verdict = {b: _verdict(rows, step, method, b, tolerance) for b in seen}
     start = float(step.get("start", {}).get(method, grid[len(grid) // 2]))
-    passes = [b for b in grid if verdict.get(b) is True]
-    misses = [b for b in grid if verdict.get(b) is False]
+    pending = [b for b in seen if verdict[b] is None]
+    passes = [grid.index(b) for b in grid if verdict.get(b) is True]
+    misses = [grid.index(b) for b in grid if verdict.get(b) is False]
     if not passes and not misses:
-        return start
-    if passes and (not misses or min(misses) > max(passes)):
-        i = grid.index(max(passes)) + 1  # walk up from the largest pass
-        if i == len(grid) or (misses and grid[i] == min(misses)):
-            return None
-        return grid[i]
-    if not passes:
-        i = grid.index(min(misses)) - 1  # walk down from the smallest miss
-        return None if i < 0 else grid[i]
-    return None  # a miss below a pass: the walk up the grid ends at that miss (beta_rule); nothing to add
+        return pending[0] if pending else start
+    if passes and misses and min(misses) < max(passes):
+        return None  # a miss below a pass: the walk up the grid ends at that miss (beta_rule); nothing to add
+    if passes and misses:
+        lo, hi = max(passes), min(misses)
+        nxt = None if hi - lo <= 1 else (lo + hi) // 2
+    elif passes:
+        lo = max(passes)
+        nxt = None if lo == len(grid) - 1 else min(lo + 2 ** (len(passes) - 1), len(grid) - 1)
+    else:
+        hi = min(misses)
+        nxt = None if hi == 0 else max(hi - 2 ** (len(misses) - 1), 0)
+    if nxt is None:
+        return None
+    # a beta already begun on some seeds inside the bracket is finished first (an interrupted or earlier search)
+    inside = [b for b in pending if (not passes or grid.index(b) > max(passes)) and (not misses or grid.index(b) < min(misses))]
+    return inside[0] if inside else grid[nxt]
 
 
 def _search_step(step: dict, s: dict, rec: dict, path: Path, store: Store, dev, log):
