@@ -123,7 +123,7 @@ def test_the_scorecard_is_exactly_the_primary_claim_rows_and_premises_stay_apart
     prem = report.premises({"01_voc_distillation": rec}, {"01_voc_distillation": "Distillation"})
     assert list(prem.claim) == [c.statement for c in claims.for_chapter("01_voc_distillation") if c.kind == "premise"]
     html = report.scorecard_html(card)
-    assert '<a href="../notebooks/01_voc_distillation.html">Distillation</a>' in html and "margin 2 points" in html
+    assert '<a href="../notebooks/01_voc_distillation.html">Distillation</a>' in html and "margin 2.2 points" in html
     assert "claim_id" not in html and "commit" not in html
     old = {"rows": [{"table": "verdict", "claim": "x", "scorecard": True, "value": "x"}]}
     with pytest.raises(ValueError, match="re-run it"):
