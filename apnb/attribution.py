@@ -24,13 +24,22 @@ method              implementation
 ``lpi``             Local Path Integration (the LPI supplement): :func:`lpi_references` + :func:`lpi`
 ``occlusion``       captum ``Occlusion``: a ``window`` x ``window`` patch (default input/8) set to 0 (the mean
                     after normalisation), moved by ``stride`` (default window/2): non-differentiable
+``scorecam``        Score-CAM (Wang et al., CVPR-W 2020), masking-based: each channel of ``layer``, upsampled
+                    and normalised, masks the input and weighs the channel by the target's score (the
+                    ``grad-cam`` package, jacobgil/pytorch-grad-cam; maps min-max scaled per image)
+``ablationcam``     Ablation-CAM (Desai & Ramaswamy, WACV 2020): each channel weighed by the score drop when
+                    it is zeroed (``grad-cam``)
+``gradcampp``       Grad-CAM++ (Chattopadhay et al., WACV 2018): second-order channel weights (``grad-cam``)
 ==================  =====================================================================================
 
-Pixel maps (all but Grad-CAM) are summed over the colour channels. Every method leaves the model as it
+Pixel maps (all but the CAMs) are summed over the colour channels. The ``grad-cam`` package's CAMs are
+min-max scaled per image and resized with OpenCV, which leaves AUC and pointing (rank and argmax) as they are. Every method leaves the model as it
 found it: same mode, no hooks, no parameter gradients, BatchNorm unfolded.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +51,28 @@ from zennit.core import Hook
 from .data.voc import PAPER_MEAN, PAPER_STD
 from .gradcam import frozen, gradcam, mode
 
-METHODS = ("gradcam", "ebp", "lrp", "rap", "saliency", "inputgrad", "ig", "eg", "agi", "lpi", "occlusion")
+METHODS = ("gradcam", "ebp", "lrp", "rap", "saliency", "inputgrad", "ig", "eg", "agi", "lpi", "occlusion", "scorecam",
+           "ablationcam", "gradcampp")
+# the methods taken from the grad-cam package (pytorch_grad_cam), by its class names
+CAM_VARIANTS = {"scorecam": "ScoreCAM", "ablationcam": "AblationCAM", "gradcampp": "GradCAMPlusPlus"}
+
+
+def cam_variant(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: str, layer: str = "last_conv",
+                batch_size: int = 32) -> torch.Tensor:
+    """Score-CAM, Ablation-CAM or Grad-CAM++ maps ``[B,H,W]`` at input resolution from the ``grad-cam`` package
+    (its ``batch_size`` masked inputs per forward pass), for ``target`` classes at ``layer``."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from .models import layer_paths
+
+    module = model.get_submodule(layer_paths(model, [layer])[0])
+    # the package draws a tqdm bar per image on stderr: no progress bar reaches a page
+    with getattr(pgc, CAM_VARIANTS[method])(model=model, target_layers=[module]) as cam, \
+            contextlib.redirect_stderr(io.StringIO()):
+        cam.batch_size = batch_size
+        maps = cam(input_tensor=x.detach(), targets=[ClassifierOutputTarget(int(t)) for t in target])
+    return torch.from_numpy(maps).to(x.device)
 
 
 def _canonizers(model):
@@ -375,6 +405,9 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
         if method == "gradcam":
             maps, _ = gradcam(model, x, options.get("layer", "last_conv"), target, upsample=True)
             return maps
+        if method in CAM_VARIANTS:
+            return cam_variant(model, x, target, method, options.get("layer", "last_conv"),
+                               options.get("cam_batch_size", 32))
         if method == "ebp":
             from zennit.composites import ExcitationBackprop
 

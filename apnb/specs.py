@@ -164,4 +164,5 @@ ARCH_OPTIONS = {
 DATASETS = ("voc", "imagenet", "cifar")
 
 # apnb.attribution.attribute's methods
-ATTRIBUTION_METHODS = ("gradcam", "ebp", "lrp", "rap", "saliency", "inputgrad", "ig", "eg", "agi", "lpi", "occlusion")
+ATTRIBUTION_METHODS = ("gradcam", "ebp", "lrp", "rap", "saliency", "inputgrad", "ig", "eg", "agi", "lpi", "occlusion",
+                       "scorecam", "ablationcam", "gradcampp")

@@ -1,8 +1,10 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from apnb import models as M
 from apnb.attribution import METHODS, agi, attribute, attribute_batches, lpi, lpi_references, rap_layer
@@ -269,3 +271,52 @@ def test_filter_relevance_of_a_vgg_with_the_librarys_lrp():
     assert list(rel) == convs and all(rel[n].shape == (dict(net.named_modules())[n].out_channels,) for n in convs)
     assert all((r >= -1e-6).all() for r in rel.values()) and rel[convs[-1]].sum() > 0
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def _minmax(a):
+    a = a - a.min()
+    return a / (1e-7 + a.max())
+
+
+def test_the_grad_cam_package_agrees_with_apnb_gradcam(net):
+    """The grad-cam package (jacobgil/pytorch-grad-cam), whose Score-CAM, Ablation-CAM and Grad-CAM++ the book
+    uses, computes Grad-CAM as :func:`apnb.gradcam.gradcam` does: the same maps once put through the package's
+    scaling (min-max per image, OpenCV's bilinear resize to the input, min-max again)."""
+    import cv2
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from apnb.gradcam import gradcam
+
+    x, t = torch.randn(3, 3, 32, 32), torch.tensor([0, 2, 4])
+    with pgc.GradCAM(model=net, target_layers=[net.get_submodule(M.layer_paths(net, ["last_conv"])[0])]) as cam:
+        theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(i)) for i in t])
+    ours, _ = gradcam(net, x, "last_conv", t, upsample=False)
+    ours = np.stack([_minmax(cv2.resize(np.float32(_minmax(o.detach().numpy())), (32, 32))) for o in ours])
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_score_cam_by_hand(net, capsys):
+    """Score-CAM (Wang et al. 2020) written out here: each channel of the last conv map, upsampled to the input
+    (bilinear, corners aligned) and min-max scaled, masks the input; the softmax over channels of the target's
+    logit on the masked inputs weighs the channels; ReLU of the weighted sum, scaled as the package scales."""
+    import cv2
+
+    from apnb.gradcam import Tap
+
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
+    maps = attribute(net, x, t, "scorecam")
+    with torch.no_grad(), Tap(net, "last_conv") as tap:
+        net(x)
+        acts = tap.acts[tap.layers[0]]
+        up = F.interpolate(acts, size=(32, 32), mode="bilinear", align_corners=True)
+        lo, hi = up.flatten(2).min(2)[0][..., None, None], up.flatten(2).max(2)[0][..., None, None]
+        up = (up - lo) / (hi - lo + 1e-8)
+        want = []
+        for b in range(2):
+            scores = net(x[b][None] * up[b][:, None])[:, t[b]]
+            w = torch.softmax(scores, 0)
+            cam = torch.relu((w[:, None, None] * acts[b]).sum(0)).numpy()
+            want.append(_minmax(cv2.resize(np.float32(_minmax(cam)), (32, 32))))
+    assert np.abs(maps.numpy() - np.stack(want)).max() < 1e-5
+    assert capsys.readouterr().err == ""  # the package's progress bars do not reach the page
