@@ -14,6 +14,9 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
+	# Quantus (the sanity check's reference in tests/test_sanity.py) without its declared opencv-python: grad-cam's
+	# opencv-python-headless provides the same cv2; its other dependencies are in requirements.txt
+	$(BIN)/python -m pip install -q --no-deps quantus==0.6.0
 	# MathJax served from the built book (offline reading), from the npm registry
 	npm install --no-audit --no-fund --silent --prefix $(VENV)/npm mathjax@$(MATHJAX)
 	# Chromium for the browser test of the built book (Debian package; needs root or sudo)

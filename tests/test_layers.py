@@ -19,7 +19,7 @@ LAYERS = [
      "apnb.metrics", "apnb.records", "apnb.plots"],
     # 1: the networks, their compression and the data
     ["apnb.models", "apnb.compression", "apnb.gradcam", "apnb.quantization", "apnb.precision", "apnb.guards",
-     "apnb.faithfulness", "apnb.data", "apnb.data.voc", "apnb.data.imagenet", "apnb.data.cifar",
+     "apnb.faithfulness", "apnb.sanity", "apnb.data", "apnb.data.voc", "apnb.data.imagenet", "apnb.data.cifar",
      "apnb.data.synthetic", "apnb.data.fixtures", "apnb.data.splits", "apnb.validate"],
     # 2: attributions, the matching term, training and the store, evaluation
     ["apnb.attribution", "apnb.matching", "apnb.work", "apnb.engine", "apnb.store", "apnb.evalcache",
