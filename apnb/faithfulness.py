@@ -10,6 +10,10 @@
   min-max per image; for ratios r, *deletion* removes the top-r pixels and *insertion* keeps only the top
   (1-r); removed pixels take the mean of the kept values; the score is the ratio of the perturbed to the
   original target logit (and top-1 accuracy); DiffID(r) = insertion - deletion, and its area over r.
+- **Pixel flipping** (Bach et al., PLoS ONE 2015; Quantus' ``PixelFlipping``): no retraining. The pixels of
+  each image are flipped to the image's minimum in the order of its map, ``pixels_in_step`` at a time, and the
+  target's score is read after each step; the area under that curve (trapezoids, unit spacing) is low when
+  the map ranks first what the network needs. :func:`pixel_flipping` equals Quantus on a small network.
 
 Maps are ``[N,H,W]`` at the input resolution; a pixel is removed in all colour channels.
 """
@@ -130,3 +134,33 @@ def diffroar(make_model, train_fn, score_fn, train, test, fractions, fill, seed:
         bottom = roar(make_model, train_fn, score_fn, flip(train), flip(test), fractions, fill, keep=True, seed=seed)
     return pd.DataFrame({"fraction": top.fraction, "top_kept": top.score, "bottom_kept": bottom.score,
                          "diffroar": top.score - bottom.score})
+
+
+def pixel_flipping(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+                   pixels_in_step: int = 1, score: str = "softmax") -> tuple[np.ndarray, np.ndarray]:
+    """Pixel flipping of ``x`` ``[B,C,H,W]`` by ``maps`` ``[B,H,W]`` (highest first): every step sets the next
+    ``pixels_in_step`` pixels, in all channels, to the image's minimum, and reads the ``target`` class's score
+    (``softmax`` as Quantus by default, ``sigmoid`` for multi-label networks, or ``logit``). Returns the curves
+    ``[B, steps]`` and their areas ``[B]`` (Quantus' ``calculate_auc``: trapezoids of unit spacing; divide by
+    ``steps - 1`` for a mean score)."""
+    if maps.shape != (x.shape[0], *x.shape[2:]):
+        raise ValueError(f"maps {tuple(maps.shape)}: need one [H,W] map per image of x {tuple(x.shape)}")
+    b, c = x.shape[:2]
+    flat = x.detach().reshape(b, c, -1).clone()
+    order = torch.argsort(maps.detach().reshape(b, -1), dim=1, descending=True, stable=True)
+    fill = x.detach().reshape(b, -1).min(1).values
+    act = {"softmax": lambda z: z.softmax(1), "sigmoid": torch.sigmoid, "logit": lambda z: z}[score]
+    rows = torch.arange(b)
+    curves = []
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, order.shape[1], pixels_in_step):
+                idx = order[:, i:i + pixels_in_step]
+                flat[rows[:, None, None], torch.arange(c)[None, :, None], idx[:, None, :]] = fill[:, None, None]
+                curves.append(act(model(flat.reshape(x.shape)))[rows, target].cpu())
+    finally:
+        model.train(was)
+    curves = torch.stack(curves, 1).numpy()
+    return curves, np.trapezoid(curves, dx=1, axis=1)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -75,3 +76,41 @@ def test_roar_with_a_tiny_classifier():
     assert faithful.score[0] < 0.7 and random.score[0] > 0.8  # removing the marked pixel destroys the signal
     d = Fa.diffroar(make, train, score, tr, te, [0.1], fill)
     assert d.diffroar[0] > 0.3
+
+
+def test_pixel_flipping_equals_quantus():
+    """Curve for curve, pixel flipping equals Quantus' PixelFlipping (softmax scores, the image's minimum as the
+    fill, a map broadcast over the channels, no normalisation); a map that ranks the evidence first scores lower
+    than its reverse."""
+    import quantus  # installed by the Makefile (--no-deps: see there)
+
+    from apnb import models as M
+    from apnb.attribution import attribute
+    from apnb.faithfulness import pixel_flipping
+
+    torch.manual_seed(0)
+    net = M.vgg("vgg16_bn", 4, width_div=32, n_pools=2, head_pool=1).eval()
+    # 12 x 12: Quantus wants its step (24 = 3 channels x 8 pixels) to divide H x W
+    x, t = torch.randn(3, 3, 12, 12), torch.tensor([0, 2, 3])
+    maps = attribute(net, x, t, "saliency") + 1e-6 * torch.rand(3, 12, 12)  # no ties
+    curves, auc = pixel_flipping(net, x, t, maps, pixels_in_step=8)
+    metric = quantus.PixelFlipping(features_in_step=3 * 8, normalise=False, abs=False, disable_warnings=True)
+    theirs = metric(model=net, x_batch=x.numpy(), y_batch=t.numpy(),
+                    a_batch=maps[:, None].numpy().repeat(3, 1), device="cpu", softmax=True)
+    np.testing.assert_allclose(curves, np.array(theirs), atol=1e-5)
+    # Quantus' own area calls np.trapz, which numpy 2.4 no longer has: the same trapezoids on its curves
+    np.testing.assert_allclose(auc, np.trapezoid(np.array(theirs), dx=1, axis=1), atol=1e-4)
+    # a hand case: a network that reads only the top-left pixel's red value
+    class One(torch.nn.Module):
+        def forward(self, z):
+            return torch.stack([z[:, 0, 0, 0], -z[:, 0, 0, 0]], 1)
+
+    z = torch.ones(1, 3, 4, 4)
+    z[0, 0, 0, 0] = 5.0
+    good = torch.zeros(1, 4, 4)
+    good[0, 0, 0] = 1.0
+    c_good, a_good = pixel_flipping(One(), z, torch.tensor([0]), good, score="logit")
+    c_bad, a_bad = pixel_flipping(One(), z, torch.tensor([0]), -good, score="logit")
+    assert c_good[0, 0] == 1.0 and c_bad[0, -2] == 5.0 and a_good[0] < a_bad[0]
+    with pytest.raises(ValueError, match="one \\[H,W\\] map per image"):
+        pixel_flipping(One(), z, torch.tensor([0]), good[0])
