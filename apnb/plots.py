@@ -102,7 +102,7 @@ def beta_search(points: pd.DataFrame, tolerance: float, chosen: dict | None = No
         points = pd.DataFrame(columns=["method", "beta", "mAP loss"])
     for i, (m, g) in enumerate(points.groupby("method", sort=False)):
         g = g.sort_values("beta")
-        ax.plot(g.beta, g["mAP loss"], marker="o", c=f"C{i}", label=m.upper())
+        ax.plot(g.beta, g["mAP loss"], marker="o", c=f"C{i}", label={"e2kd": "e2KD"}.get(m, m.upper()))
         b = (chosen or {}).get(m)
         if b is not None:
             ax.scatter([b], g[g.beta == b]["mAP loss"], s=160, facecolors="none", edgecolors=f"C{i}", linewidths=1.5)
