@@ -166,8 +166,8 @@ def job(method: str, seed: int, train: dict, matching: dict, beta: float | None 
         layers: list[str] | None = None, opts: dict | None = None, eval_fn=None, kd: bool | None = None) -> Job:
     """One network of a recipe: ``train`` at ``seed``; ``beta`` defaults to ``matching["beta"][method]`` (None for
     naive: the kind's default), ``p`` to ``matching["p"]`` and ``layers`` to ``[matching["layer"]]``. A method
-    ``<kind>@paper`` is the kind at the weight its paper states, on the one scale (:attr:`apnb.kinds.Kind.beta`),
-    labelled so."""
+    ``<kind>@paper`` is the kind at the weight its paper states, on the one scale (the ``beta`` of its
+    :class:`apnb.kinds.Kind`), labelled so."""
     kind, at_paper = split_method(method)
     if beta is None:
         beta = kind_of(kind).beta if at_paper else matching["beta"].get(kind)
