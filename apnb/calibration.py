@@ -181,8 +181,7 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
                 continue  # a smaller beta already missed: the walk up the grid has ended
             S, t_s = _teacher(s, tseed if tseed is not None else seed, store, dev)
             data, teacher, info = S.data, S.teacher, S.info
-            kd = {"div": s["main_div"], "T": s.get("kd_T", 4.0), "alpha": s.get("kd_alpha", 0.9),
-                  "train": s["student_train"]}
+            kd = _kd(s)
             naive = {"layer": "last_conv", "p": 0.3, "beta": {}}
             if stage == "beta":  # accuracy only: the rule must not see a map of a matched network
                 t0 = time.time()
@@ -237,6 +236,7 @@ def run(plan: dict, only: list[str] | None = None, log=print) -> dict:
 
 
 def _kd(s: dict) -> dict:
+    """The KD recipe ``{div, T, alpha, train}`` of calibration settings ``s``."""
     return {"div": s["main_div"], "T": s.get("kd_T", 4.0), "alpha": s.get("kd_alpha", 0.9), "train": s["student_train"]}
 
 

@@ -67,8 +67,9 @@ class Kind:
     """A matching kind: its name, default weight, teacher need and term. Subclass and ``@register``."""
 
     name: str = ""
-    beta: float = 0.0  # on the one scale (reduction "image")
     authors_beta: float = 0.0  # as its source states it, under the source's reduction ("mean")
+    source_elements: int = 49  # the elements of the map that weight was stated on (the paper's 7 x 7 pool5)
+    beta: float = 0.0  # on the one scale (reduction "image"): image_beta(authors_beta, source_elements) unless set
     teacher: str = "logits"
     logit_kd: bool = True
     source: str = ""
@@ -94,8 +95,6 @@ class Kind:
         return beta / elements
 
 
-PAPER_MAP = 49  # the elements of the paper's matched map: pool5 of VGG16 at 227 px, 7 x 7 (the authors' code)
-
 
 REGISTRY: dict[str, Kind] = {}
 
@@ -106,7 +105,10 @@ def register(cls: type[Kind]) -> type[Kind]:
         raise ValueError(f"matching kind {cls.name!r}: a kind needs a name not taken yet")
     if cls.teacher not in TEACHER_NEEDS:
         raise ValueError(f"matching kind {cls.name!r}: teacher={cls.teacher!r}, use one of {TEACHER_NEEDS}")
-    REGISTRY[cls.name] = cls()
+    kind = cls()
+    if "beta" not in cls.__dict__:  # the source's weight on the one scale
+        kind.beta = kind.image_beta(kind.authors_beta, kind.source_elements)
+    REGISTRY[cls.name] = kind
     return cls
 
 
@@ -128,7 +130,6 @@ class EWA(Kind):
     """Eq. 3: the channel mean of the squared activations, matched by Eq. 2's normalised l2 (attention transfer
     at one layer)."""
     name, authors_beta, teacher, source = "ewa", 100.0, "acts", "Eq. 3"
-    beta = authors_beta / PAPER_MAP
     paper = True
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
@@ -139,7 +140,6 @@ class EWA(Kind):
 class SWA(Kind):
     """Eq. 4-5: Grad-CAM maps of the teacher's top class, matched by Eq. 2's normalised l2."""
     name, authors_beta, teacher, source = "swa", 50.0, "grads", "Eq. 4-5"
-    beta = authors_beta / PAPER_MAP
     paper = True
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
@@ -151,7 +151,6 @@ class SSWA(Kind):
     """Eq. 6: SWA with the teacher's channel weights masked by Bernoulli(1-p) draws, i.i.d. per sample and
     channel; ``mask="both"`` puts the same mask on the student, ``"independent"`` a draw of its own."""
     name, authors_beta, teacher, source = "sswa", 50.0, "grads", "Eq. 6"
-    beta = authors_beta / PAPER_MAP
     paper = True
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
@@ -173,7 +172,6 @@ class SSWACoded(Kind):
     """The authors' code: a fixed fraction p of the teacher's channels zeroed, the same for the whole batch
     (not Eq. 6)."""
     name, authors_beta, teacher, source = "sswa_coded", 50.0, "grads", "the authors' code"
-    beta = authors_beta / PAPER_MAP
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
         return ctx.l2(ctx.maps(a_s, g_s), ctx.maps(a_t, g_t, ctx.coded(*a_t.shape[:2])))
@@ -185,7 +183,7 @@ class GradAT(Kind):
     weight for this setting: SSWA's, on the one scale (under the mean reduction over 3 x H x W input elements the
     same number would be hundreds of times weaker)."""
     name, teacher, source = "grad_at", "input", "Zagoruyko & Komodakis, ICLR 2017"
-    authors_beta, beta = 50.0, 50.0 / PAPER_MAP
+    authors_beta = 50.0
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
         return ctx.l2(a_s, a_t)
@@ -197,7 +195,6 @@ class E2KD(Kind):
     reduction; weight 1 as in the e2KD authors' code (``explanation_loss_coef``), 1/2 on the one scale, where the
     term is ``2 (1 - cos)``."""
     name, authors_beta, teacher, source = "e2kd", 1.0, "grads", "Parchami-Araghi et al., ECCV 2024"
-    beta = authors_beta / 2
 
     def image_beta(self, beta, elements):
         return beta / 2  # mean (1 - cos) is half the per-image sum of squared differences of unit maps
@@ -215,7 +212,6 @@ class AT(Kind):
     one scale the default is the weight of the last stage at the paper's 7x7, 1000/49, and every stage weighs
     the same."""
     name, authors_beta, teacher, source = "at", 1000.0, "acts", "Zagoruyko & Komodakis, ICLR 2017"
-    beta = authors_beta / PAPER_MAP
     layers = ("stage_ends",)
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
@@ -232,7 +228,7 @@ class CATKD(Kind):
     is the one scale's per-map sum, averaged over B x K, divided by s x s, so 400 is 100 at s = 2. Needs a
     global-pooling head."""
     name, authors_beta, teacher, source = "cat_kd", 400.0, "acts", "Guo et al., CVPR 2023"
-    beta = authors_beta / 4  # the authors' cam_size 2
+    source_elements = 4  # the authors' cam_size 2
     logit_kd, needs_head = False, True
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
@@ -248,7 +244,6 @@ class CenterPrior(Kind):
     (standard deviation a quarter of the map's side), not to the teacher's map. Does the regularizer teach only
     a centre prior? Weight: SWA's."""
     name, authors_beta, teacher, source = "center_prior", 50.0, "grads", "a control of this book"
-    beta = authors_beta / PAPER_MAP
     control = True
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
@@ -261,7 +256,6 @@ class SSWAShuffled(Kind):
     """A control: SSWA against the teacher's map of the next image in the batch (the batch rolled by one), so the
     student learns the teacher's kind of map but not the map of its own image. Weight: SSWA's."""
     name, authors_beta, teacher, source = "sswa_shuffled", 50.0, "grads", "a control of this book"
-    beta = authors_beta / PAPER_MAP
     control = True
 
     def term(self, ctx, a_s, g_s, a_t, g_t):
