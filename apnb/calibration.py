@@ -379,7 +379,7 @@ def beta_edge(rows: list[dict], tolerance: float = 0.02, step: str | None = None
     return out
 
 
-ONE_SCALE_STEPS = ("C beta, one scale", "D beta, one scale, the field since 2020")
+ONE_SCALE_STEPS = ("C beta, one scale", "D beta, one scale, the field since 2020", "E beta, one scale, the regularizer studies")
 
 
 def beta_search(rec: dict, steps=ONE_SCALE_STEPS) -> tuple:

@@ -113,3 +113,32 @@ def beta_search(points: pd.DataFrame, tolerance: float, chosen: dict | None = No
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
+
+
+def gain_cost(tests: pd.DataFrame, gain: str = "AUC_common", cost: str = "mAP", margin: float | None = None,
+              by: str = "family"):
+    """Each method's localization gain against its accuracy cost (the field chapter): from
+    :func:`apnb.report.paired_against`'s rows (one baseline), per value of ``by`` one panel with a point per
+    method at (its paired difference of ``cost``, of ``gain``) in points, with the 95 % t half-widths as error
+    bars on both axes, zero lines, and the ``cost`` non-inferiority ``margin`` (a fraction) as a red line.
+    Returns the figure."""
+    groups = list(dict.fromkeys(tests[by])) if by in tests else [None]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 4.0), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        t = tests if g is None else tests[tests[by] == g]
+        x = t[t.measure == cost].set_index("method")
+        y = t[t.measure == gain].set_index("method")
+        methods = [m for m in dict.fromkeys(t.method) if m in x.index and m in y.index]
+        for i, m in enumerate(methods):
+            if math.isnan(x.loc[m, "diff"]) or math.isnan(y.loc[m, "diff"]):
+                continue
+            ax.errorbar(100 * x.loc[m, "diff"], 100 * y.loc[m, "diff"], xerr=100 * np.nan_to_num(x.loc[m, "ci"]),
+                        yerr=100 * np.nan_to_num(y.loc[m, "ci"]), fmt="o", ms=4, capsize=2, c=f"C{i % 10}", label=m)
+        ax.axhline(0, c="0.6", lw=0.8)
+        ax.axvline(0, c="0.6", lw=0.8)
+        if margin is not None:
+            ax.axvline(-100 * margin, c="C3", lw=1, ls="--", label=f"mAP margin ({100 * margin:.1f})")
+        ax.set(xlabel=f"{cost} minus naive (points)", ylabel=f"{gain} minus naive (points)", title=g or "")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig

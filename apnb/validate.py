@@ -144,6 +144,11 @@ _COMPRESSION = _methods_in(COMPRESSION_METHODS + PAPER_WEIGHT_METHODS, "compress
 _ATTRIBUTION = _methods_in(ATTRIBUTION_METHODS, "attribution methods")
 
 
+def _count(v):
+    if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+        raise ValueError("must be an integer >= 0 (0: off)")
+
+
 def _divs(v):
     if not (isinstance(v, list) and v and all(isinstance(d, int) and d >= 1 for d in v)):
         raise ValueError("must be a non-empty list of integers >= 1 (width divisors)")
@@ -209,6 +214,10 @@ RULES = {
     "betas": _betas, "ps": _ps,
     # a chapter's compression methods (naive or a registered matching kind, apnb.kinds) and attribution methods
     "methods": _COMPRESSION, "structured_methods": _COMPRESSION, "qat_methods": _COMPRESSION,
+    # the field chapter: the distilled students' methods, the methods fine-tuned after pruning by explaining, and
+    # whether a student without KD is trained; its images for Score-CAM, the randomisation check and pixel flipping
+    "kd_methods": _COMPRESSION, "pxp_methods": _COMPRESSION, "no_kd": _bool, "n_scrutiny": _count,
+    "flip_steps": _pos_int,
     "attr_methods": _ATTRIBUTION,
     "lpi_methods": _ATTRIBUTION,
     "seeds": _seeds, "sweep_seeds": _seeds, "gradat_seeds": _seeds, "design_seeds": _seeds, "ptq_seeds": _seeds,

@@ -5,7 +5,8 @@ real-format fixtures of :mod:`apnb.data.fixtures`, one epoch per phase.
 Only the notebooks whose code paths at this profile differ from every other's run here (``PAPER_DRY``). A
 line-coverage comparison of all 19 notebooks at paper-dry against the rest of the suite found 7 lines of
 ``apnb`` that only they reached: the gtsegs_ijcv.mat branch of ``imagenet_data`` (05, kept) and the per-neuron
-map with an SSWA mask (20, now a unit test in test_matching.py). The other chapters call the same library
+map with an SSWA mask (20, now a unit test in test_matching.py). 25 came later: it alone meets a head without
+global pooling for CAT-KD and prunes the paper's network by LRP relevance. The other chapters call the same library
 functions as 01, 03 and 05 on the same networks; their own logic is run at the smoke profile. The CIFAR-10
 pickles are read by test_fixtures_have_the_real_layouts and by 23 at smoke."""
 import json
@@ -28,6 +29,9 @@ PAPER_DRY = {
                            "KD students at /4 and /8 matched at the 14x14 last conv",
     "03_structured_pruning": "torch-pruning of the paper's layer list (features.0 ... features.40, names that exist "
                              "only in full-width VGG16_bn) and the pruned network's fine-tune",
+    "25_field_since_2020": "CAT-KD marked n/a on the authors' VGG16 head (no global pooling), and pruning by "
+                           "explaining: the LRP relevance of every filter of full-width VGG16_bn on the paper's layer "
+                           "list at 227 px",
     "05_imagenet": "ImageNet class folders and gtsegs_ijcv.mat (MATLAB v7.3) scored by the top-1 map; ResNet34 "
                    "and torchvision's VGG16_bn head at 224 px",
 }
