@@ -14,6 +14,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+# how the figures and tables name a matching kind (apnb.kinds); others are upper-cased
+KIND_NAMES = {"e2kd": "e2KD", "cat_kd": "CAT-KD", "grad_at": "gradient AT", "sswa_coded": "coded SSWA",
+              "center_prior": "centre prior", "sswa_shuffled": "shuffled SSWA"}
+
 
 def seed_panels(df: pd.DataFrame, metrics: Sequence[str], x: str = "method", order=None, hue: str | None = None,
                 reference: dict | None = None, ref_label: str = "teacher", titles: Sequence[str] | None = None,
@@ -102,7 +106,7 @@ def beta_search(points: pd.DataFrame, tolerance: float, chosen: dict | None = No
         points = pd.DataFrame(columns=["method", "beta", "mAP loss"])
     for i, (m, g) in enumerate(points.groupby("method", sort=False)):
         g = g.sort_values("beta")
-        ax.plot(g.beta, g["mAP loss"], marker="o", c=f"C{i}", label={"e2kd": "e2KD"}.get(m, m.upper()))
+        ax.plot(g.beta, g["mAP loss"], marker="o", c=f"C{i}", label=KIND_NAMES.get(m, m.upper()))
         b = (chosen or {}).get(m)
         if b is not None:
             ax.scatter([b], g[g.beta == b]["mAP loss"], s=160, facecolors="none", edgecolors=f"C{i}", linewidths=1.5)

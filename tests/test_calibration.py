@@ -145,6 +145,37 @@ def test_demo_profile_is_the_calibrated_setting():
     assert demo["matching"]["p"] == frozen.get("sswa_p", 0.3)  # the rule kept SSWA's p at the paper's 0.3
 
 
+def test_every_chapters_weight_of_a_searched_kind_is_its_steps_rule():
+    """Wherever a demo chapter weighs a kind that a one-scale step searched (steps C, D, E), the weight is that
+    step's rule on the calibration seeds, once the step has ended for the kind. The controls (centre prior,
+    shuffled SSWA) are searched by no step: they take SSWA's weight."""
+    rec = K.load_record(REPO / "calibration" / "demo.json")
+    plan = K.load_plan(REPO / "profiles" / "calibrate.yml")
+    rows = [r for r in rec["rows"] if r["role"] in ("kd", "beta")]
+    tol = K.spread_tolerance(rec["rows"])
+    demo = yaml.safe_load((REPO / "profiles" / "demo.yml").read_text())
+    weights = [("defaults", demo["defaults"]["matching"]["beta"])]
+    weights += [(nb, o["matching"]["beta"]) for nb, o in demo["notebooks"].items() if "matching" in o and nb != "05_imagenet"]
+    checked = 0
+    for st in plan["steps"]:
+        if st["name"] not in K.ONE_SCALE_STEPS:
+            continue
+        rule = K.beta_rule(rows, tol, step=st["name"])
+        for m in st["methods"]:
+            if K.search_next(rows, st, m, tol) is not None:
+                continue  # still searching
+            for where, beta in weights:
+                if m in beta:
+                    assert beta[m] == rule[m], (where, m, beta[m], rule[m])
+                    checked += 1
+    for where, beta in weights:
+        for control in ("center_prior", "sswa_shuffled"):
+            if control in beta:
+                assert beta[control] == beta["sswa"], (where, control)
+    if not checked:
+        pytest.skip("no one-scale step has ended for a kind a chapter weighs")
+
+
 def test_p2_table_reads_the_summary():
     from apnb.calibration import p2_summary, p2_table
 
