@@ -57,7 +57,7 @@ from .data.splits import load_data, train_images
 from .engine import Member, StudentObjective, Supervised, TrainConfig, cohort_key, fit, fit_cohort
 from .attribution import filter_relevance
 from .evaluate import LocResult, evaluate_model, prediction_metrics
-from .guards import Guards, check_min, check_plateau, chance_map
+from .guards import Guards, PremiseError, check_min, check_plateau, chance_map
 from .kinds import get as kind_of
 from .matching import AttributionMatching, MatchingConfig
 from .specs import split_method
@@ -180,15 +180,23 @@ def _jobs(runs, train: dict, matching: dict) -> list[Job]:
 
 
 # ------------------------------------------------------------------------------------------------ recipes
-def students(S: Setup, kd: dict, matching: dict, runs, div: int | None = None, progress: bool = False) -> list:
+def students(S: Setup, kd: dict, matching: dict, runs, div: int | None = None, progress: bool = False,
+             guard: str = "raise") -> list:
     """Knowledge distillation of students from scratch with KD + matching (paper Sec. 4.1), one per run, trained
     in cohorts: the students of one seed and one architecture share every batch and one teacher pass (each ends
     exactly as it would alone, under the same store key). ``kd = {div, T, alpha, train}``; ``div`` overrides
     the width divisor. The students of one seed share their initialisation and data order across methods
-    (paired seeds). Returns ``[(student, info)]`` in the order of ``runs``."""
+    (paired seeds). Returns ``[(student, info)]`` in the order of ``runs``.
+
+    Every student must beat chance (the premise guard). ``guard="raise"`` (default) stops at the first that does
+    not, with a :class:`~apnb.guards.PremiseError`; ``guard="report"`` returns ``(None, info)`` for it instead,
+    ``info["premise_error"]`` saying why, so that a chapter can list it and score nothing on it (01's students
+    of other sizes, trained at the weight the rule chose for the main size)."""
+    if guard not in ("raise", "report"):
+        raise ValueError(f"guard={guard!r}: use raise or report")
     spec = student_spec(S, div or kd["div"])
     jobs = [j if j.spec else dataclasses.replace(j, spec=spec) for j in _jobs(runs, kd["train"], matching)]
-    return _distill(S, jobs, T=kd["T"], alpha=kd["alpha"], progress=progress)
+    return _distill(S, jobs, T=kd["T"], alpha=kd["alpha"], progress=progress, guard=guard)
 
 
 def structured_nets(S: Setup, structured: dict, matching: dict, runs, progress: bool = False) -> list:
@@ -396,7 +404,7 @@ def _train_in_cohorts(store: Store, kind: str, jobs: list[dict], train_set, devi
     return infos
 
 
-def _distill(S: Setup, jobs: list[Job], *, T: float, alpha: float, progress: bool) -> list:
+def _distill(S: Setup, jobs: list[Job], *, T: float, alpha: float, progress: bool, guard: str = "raise") -> list:
     """Distillation of every job's student (``job.spec``) from ``S.teacher``, in cohorts (see :func:`students`)."""
     store, device = S.store or Store(), S.device
     work = []
@@ -415,7 +423,13 @@ def _distill(S: Setup, jobs: list[Job], *, T: float, alpha: float, progress: boo
     out = []
     for w, info in zip(work, infos):
         student = w["model"].to(resolve_device(device)).eval()
-        _guard(S, w["name"], student)
+        try:
+            _guard(S, w["name"], student)
+        except PremiseError as e:
+            if guard == "raise":
+                raise
+            out.append((None, {**info, "premise_error": str(e)}))
+            continue
         out.append((student, info))
     return out
 

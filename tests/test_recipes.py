@@ -2,6 +2,7 @@
 one function per recipe; the store keys of the first store; every trained network guarded."""
 import dataclasses
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -153,6 +154,12 @@ def test_every_trained_network_is_guarded(tmp_path, synth_root):
     chance = r": mAP \(val; chance is 0\.\d+\)"
     with pytest.raises(G.PremiseError, match=f"^student naive /32 seed 0{chance}"):
         R.students(S, {"div": 2, "T": 4.0, "alpha": 0.9, "train": ft}, MATCHING, [("naive", 0)])
+    # guard="report" (01's other sizes): the student is not returned, and the reason is
+    (none, info), = R.students(S, {"div": 2, "T": 4.0, "alpha": 0.9, "train": ft}, MATCHING, [("naive", 0)],
+                               guard="report")
+    assert none is None and re.match(f"^student naive /32 seed 0{chance}", info["premise_error"])
+    with pytest.raises(ValueError, match="guard="):
+        R.students(S, {"div": 2, "T": 4.0, "alpha": 0.9, "train": ft}, MATCHING, [("naive", 0)], guard="skip")
     with pytest.raises(G.PremiseError, match=f"^structured naive seed 0{chance}"):
         R.structured_nets(S, {"rate": 0.5, "layers": None, "finetune": ft}, MATCHING, [("naive", 0)])
     with pytest.raises(G.PremiseError, match=f"^unstructured naive seed 0{chance}"):
