@@ -363,8 +363,10 @@ def _train_in_cohorts(store: Store, kind: str, jobs: list[dict], train_set, devi
     Each job: ``cfg`` (its store configuration), ``model`` (built from its seed), ``objective()``, ``train``
     (a :class:`TrainConfig` dict), optional ``eval_fn``, ``name`` and ``group`` (what else must agree for
     two jobs to share batches: the architecture). Jobs with equal ``(cohort_key, group)`` train together;
-    each group holds its members' store locks, taken in key order, so two processes cannot deadlock and
-    never train one entry twice. Returns each job's info, in order."""
+    each group takes its members' store locks in key order, so two processes cannot deadlock and never train
+    one entry twice. A member the store already holds is loaded under its lock and released at once: only the
+    entries a cohort trains stay locked while it trains, so another process that needs a finished network of
+    the same cohort reads it without waiting. Returns each job's info, in order."""
     infos: list[dict | None] = [None] * len(jobs)
     first: dict[str, int] = {}  # a configuration asked for twice is trained once
     groups: dict = {}
@@ -378,10 +380,14 @@ def _train_in_cohorts(store: Store, kind: str, jobs: list[dict], train_set, devi
         with contextlib.ExitStack() as locks:
             todo = []
             for i in idx:
-                locks.enter_context(store.lock(kind, jobs[i]["cfg"]))
+                held = contextlib.ExitStack()
+                held.enter_context(store.lock(kind, jobs[i]["cfg"]))
                 infos[i] = store.load(kind, jobs[i]["cfg"], jobs[i]["model"])
                 if infos[i] is None:
                     todo.append(i)
+                    locks.enter_context(held.pop_all())  # held until the cohort has saved it
+                else:
+                    held.close()  # finished: nobody trains it again
             for i in todo:  # clear errors before any long compute
                 if "check" in jobs[i]:
                     jobs[i]["check"]()

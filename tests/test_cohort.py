@@ -174,6 +174,34 @@ def test_students_train_in_cohorts_under_the_single_store_keys(tmp_path, synth_r
     assert left and set(left) == {"cfg.json", "final.pt"}  # resume checkpoints go once final.pt is written
 
 
+def test_a_cohort_holds_only_the_locks_of_what_it_trains(tmp_path, synth_root):
+    """A cohort that mixes a stored network and a new one releases the stored one's lock once it is loaded: while
+    the new one trains, exactly one entry of the store (its own) is locked, so another process that needs the
+    finished network reads it without waiting for the cohort."""
+    from filelock import FileLock, Timeout
+
+    S = _setup(synth_root, Store(tmp_path / "store"))
+    train = {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "onecycle", "batch_size": 8}
+    kd = {"div": 2, "T": 4.0, "alpha": 0.9, "train": train}
+    matching = {"layer": "last_conv", "p": 0.3, "beta": {"swa": 3.0}}
+    R.students(S, kd, matching, [("naive", 0)])
+    seen = []
+
+    def held(model):
+        locked = 0
+        for f in sorted(S.store.root.glob("*.lock")):
+            try:
+                FileLock(str(f), timeout=0).acquire().lock.release()
+            except Timeout:
+                locked += 1
+        seen.append(locked)
+        return {}
+
+    out = R.students(S, kd, matching, [("naive", 0), R.job("swa", 0, train, matching, eval_fn=held)])
+    assert len(list(S.store.root.glob("*.lock"))) >= 2  # both entries were locked in turn
+    assert seen == [1]  # the new student's lock alone, during its one epoch
+
+
 def test_structured_cohort_equals_single_runs(tmp_path, synth_root):
     S = _setup(synth_root, Store(tmp_path / "a"))
     structured = {"rate": 0.5, "layers": None,
