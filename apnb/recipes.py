@@ -421,7 +421,7 @@ def _distill(S: Setup, jobs: list[Job], *, T: float, alpha: float, progress: boo
                     "train": train, "T": T, "alpha": alpha, **_extra(S), **({} if logit_kd else {"kd": False})})
         student = M.build(j.spec, seed=train.get("seed", 0))
         work.append({"cfg": cfg, "model": student, "train": train, "eval_fn": j.eval_fn, "group": j.spec,
-                     "name": f"student {j.method} /{j.spec.get('width_div')} seed {train.get('seed', 0)}",
+                     "name": f"student {j.label or j.method} /{j.spec.get('width_div')} seed {train.get('seed', 0)}",
                      "check": (lambda reg=reg, st=student: reg.check(st, S.teacher.cpu(), S.data["train"][0][0][None])),
                      "objective": (lambda reg=reg, k=logit_kd: StudentObjective(S.teacher, reg, kd=k, T=T, alpha=alpha,
                                                                                  multilabel=S.multilabel))})
@@ -466,7 +466,7 @@ def _prune_structured(S: Setup, jobs: list[Job], *, rate: float, prune_layers: l
                     "train": train, "rate": rate, "layers": prune_layers, **_extra(S), **how})  # key field: layers
         work.append({"cfg": cfg, "model": model, "train": train, "eval_fn": j.eval_fn, "counts": counts,
                      "group": {"rate": rate, "layers": prune_layers, **how},
-                     "name": f"structured {j.method} seed {train.get('seed', 0)}",
+                     "name": f"structured {j.label or j.method} seed {train.get('seed', 0)}",
                      "check": (lambda reg=reg, m=model: reg.check(m, frozen_teacher.cpu(), x0)),
                      "objective": (lambda reg=reg: StudentObjective(frozen_teacher, reg, kd=False,
                                                                    multilabel=S.multilabel))})
