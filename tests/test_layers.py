@@ -23,7 +23,7 @@ LAYERS = [
      "apnb.data.synthetic", "apnb.data.fixtures", "apnb.data.splits", "apnb.validate"],
     # 2: attributions, the matching term, training and the store, evaluation
     ["apnb.attribution", "apnb.matching", "apnb.work", "apnb.engine", "apnb.store", "apnb.evalcache",
-     "apnb.evaluate", "apnb.retraining"],
+     "apnb.evaluate", "apnb.retraining", "apnb.scrutiny"],
     # 3: the recipes, the claims and the report
     ["apnb.recipes", "apnb.claims", "apnb.report", "apnb.calibration"],
     # 4: running notebooks and books, the course, the command line
