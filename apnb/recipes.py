@@ -199,7 +199,8 @@ def students(S: Setup, kd: dict, matching: dict, runs, div: int | None = None, p
     return _distill(S, jobs, T=kd["T"], alpha=kd["alpha"], progress=progress, guard=guard)
 
 
-def structured_nets(S: Setup, structured: dict, matching: dict, runs, progress: bool = False) -> list:
+def structured_nets(S: Setup, structured: dict, matching: dict, runs, progress: bool = False,
+                    guard: str = "raise") -> list:
     """One-shot structured pruning (``structured = {rate, layers, finetune, criterion, reference_images}``) of the
     teacher, then a fine-tune with task loss + beta * matching for each run, in cohorts. ``criterion``: ``l1``
     (default; Li et al.: filters ranked by their weights' l1 norm) or ``lrp`` (pruning by explaining, Yeom et
@@ -207,10 +208,14 @@ def structured_nets(S: Setup, structured: dict, matching: dict, runs, progress: 
     64, for the teacher's top-1 class; :func:`apnb.attribution.filter_relevance`). Every run prunes the same teacher at
     the same rate (deterministic), so all share one architecture; ``layers`` names the convolutions to prune
     (default: all). Returns ``[(model, info)]`` in the order of ``runs``; ``info`` holds the parameter and MAC
-    counts before and after."""
+    counts before and after. ``guard``: as :func:`students` (``"report"`` returns ``(None, info)`` with
+    ``info["premise_error"]`` for a network that does not beat chance)."""
+    if guard not in ("raise", "report"):
+        raise ValueError(f"guard={guard!r}: use raise or report")
     return _prune_structured(S, _jobs(runs, structured["finetune"], matching), rate=structured["rate"],
                              prune_layers=structured.get("layers"), criterion=structured.get("criterion", "l1"),
-                             reference_images=structured.get("reference_images", 64), progress=progress)
+                             reference_images=structured.get("reference_images", 64), progress=progress,
+                             guard=guard)
 
 
 def unstructured_net(S: Setup, unstructured: dict, matching: dict, run, rate: float | None = None,
@@ -441,7 +446,8 @@ def _distill(S: Setup, jobs: list[Job], *, T: float, alpha: float, progress: boo
 
 
 def _prune_structured(S: Setup, jobs: list[Job], *, rate: float, prune_layers: list[str] | None,
-                      criterion: str = "l1", reference_images: int = 64, progress: bool) -> list:
+                      criterion: str = "l1", reference_images: int = 64, progress: bool,
+                      guard: str = "raise") -> list:
     """One-shot structured pruning of ``S.teacher`` and each job's fine-tune, in cohorts (see
     :func:`structured_nets`)."""
     store, device = S.store or Store(), S.device
@@ -475,7 +481,13 @@ def _prune_structured(S: Setup, jobs: list[Job], *, rate: float, prune_layers: l
     for w, info in zip(work, infos):
         c = w["counts"]
         info = dict(info, params_before=c[0], params_after=c[1], macs_before=c[2], macs_after=c[3])
-        _guard(S, w["name"], w["model"].eval())
+        try:
+            _guard(S, w["name"], w["model"].eval())
+        except PremiseError as e:
+            if guard == "raise":
+                raise
+            out.append((None, {**info, "premise_error": str(e)}))
+            continue
         out.append((w["model"], info))
     return out
 

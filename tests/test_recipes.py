@@ -162,6 +162,9 @@ def test_every_trained_network_is_guarded(tmp_path, synth_root):
         R.students(S, {"div": 2, "T": 4.0, "alpha": 0.9, "train": ft}, MATCHING, [("naive", 0)], guard="skip")
     with pytest.raises(G.PremiseError, match=f"^structured naive seed 0{chance}"):
         R.structured_nets(S, {"rate": 0.5, "layers": None, "finetune": ft}, MATCHING, [("naive", 0)])
+    (none, info), = R.structured_nets(S, {"rate": 0.5, "layers": None, "finetune": ft}, MATCHING, [("naive", 0)],
+                                      guard="report")
+    assert none is None and re.match(f"^structured naive seed 0{chance}", info["premise_error"])
     with pytest.raises(G.PremiseError, match=f"^unstructured naive seed 0{chance}"):
         R.unstructured_net(S, {"rate": 0.3, "iterations": 1, "finetune": ft}, MATCHING, ("naive", 0))
     with pytest.raises(G.PremiseError, match=f"^QAT naive int8 seed 0{chance}"):
