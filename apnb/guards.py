@@ -23,7 +23,12 @@ from .specs import Guards  # noqa: F401  (torch-free, for the parameter check)
 
 
 class PremiseError(RuntimeError):
-    """A trained network does not reach what the steps built on it assume."""
+    """A trained network does not reach what the steps built on it assume. ``reason``: what it missed, without the
+    network's name or the advice (a chapter's list of networks below the guard shows it); default the message."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def plateau_ratio(history: list[dict], phase: str | None = None) -> float:
@@ -48,8 +53,8 @@ def check_plateau(name: str, history: list[dict], threshold: float | None, phase
 
 def check_min(name: str, metric: str, value: float, threshold: float | None) -> None:
     if threshold is not None and not value >= threshold:
-        raise PremiseError(f"{name}: {metric} = {value:.3f} is below the required {threshold:.3f}; nothing can be "
-                           f"built on this network (see the calibration page)")
+        reason = f"{metric} = {value:.3f} is below the required {threshold:.3f}"
+        raise PremiseError(f"{name}: {reason}; nothing can be built on this network (see the calibration page)", reason)
 
 
 def chance_map(labels: torch.Tensor) -> float:

@@ -192,8 +192,7 @@ def students(S: Setup, kd: dict, matching: dict, runs, div: int | None = None, p
     not, with a :class:`~apnb.guards.PremiseError`; ``guard="report"`` returns ``(None, info)`` for it instead,
     ``info["premise_error"]`` saying why, so that a chapter can list it and score nothing on it (01's students
     of other sizes, trained at the weight the rule chose for the main size)."""
-    if guard not in ("raise", "report"):
-        raise ValueError(f"guard={guard!r}: use raise or report")
+    _guard_mode(guard)
     spec = student_spec(S, div or kd["div"])
     jobs = [j if j.spec else dataclasses.replace(j, spec=spec) for j in _jobs(runs, kd["train"], matching)]
     return _distill(S, jobs, T=kd["T"], alpha=kd["alpha"], progress=progress, guard=guard)
@@ -210,8 +209,7 @@ def structured_nets(S: Setup, structured: dict, matching: dict, runs, progress: 
     (default: all). Returns ``[(model, info)]`` in the order of ``runs``; ``info`` holds the parameter and MAC
     counts before and after. ``guard``: as :func:`students` (``"report"`` returns ``(None, info)`` with
     ``info["premise_error"]`` for a network that does not beat chance)."""
-    if guard not in ("raise", "report"):
-        raise ValueError(f"guard={guard!r}: use raise or report")
+    _guard_mode(guard)
     return _prune_structured(S, _jobs(runs, structured["finetune"], matching), rate=structured["rate"],
                              prune_layers=structured.get("layers"), criterion=structured.get("criterion", "l1"),
                              reference_images=structured.get("reference_images", 64), progress=progress,
@@ -358,6 +356,24 @@ def _guard(S: Setup, name: str, model, device=None) -> None:
     check_min(name, f"mAP (val; chance is {chance:.3f})", mAP, chance + g.student_over_chance)
 
 
+def _guard_mode(guard: str) -> None:
+    if guard not in ("raise", "report"):
+        raise ValueError(f"guard={guard!r}: use raise or report")
+
+
+def _guarded(S: Setup, name: str, model, info: dict, guard: str) -> tuple:
+    """``(model, info)`` when ``model`` passes :func:`_guard`; else, with ``guard="report"``, ``(None, info)``
+    with the one-line ``premise_error`` and its ``premise_reason`` (:attr:`apnb.guards.PremiseError.reason`), and
+    with ``guard="raise"`` the :class:`~apnb.guards.PremiseError`."""
+    try:
+        _guard(S, name, model)
+    except PremiseError as e:
+        if guard == "raise":
+            raise
+        return None, {**info, "premise_error": str(e), "premise_reason": e.reason}
+    return model, info
+
+
 def _extra(S: Setup) -> dict:
     return {} if S.multilabel else {"multilabel": False}
 
@@ -434,14 +450,7 @@ def _distill(S: Setup, jobs: list[Job], *, T: float, alpha: float, progress: boo
     out = []
     for w, info in zip(work, infos):
         student = w["model"].to(resolve_device(device)).eval()
-        try:
-            _guard(S, w["name"], student)
-        except PremiseError as e:
-            if guard == "raise":
-                raise
-            out.append((None, {**info, "premise_error": str(e)}))
-            continue
-        out.append((student, info))
+        out.append(_guarded(S, w["name"], student, info, guard))
     return out
 
 
@@ -481,14 +490,7 @@ def _prune_structured(S: Setup, jobs: list[Job], *, rate: float, prune_layers: l
     for w, info in zip(work, infos):
         c = w["counts"]
         info = dict(info, params_before=c[0], params_after=c[1], macs_before=c[2], macs_after=c[3])
-        try:
-            _guard(S, w["name"], w["model"].eval())
-        except PremiseError as e:
-            if guard == "raise":
-                raise
-            out.append((None, {**info, "premise_error": str(e)}))
-            continue
-        out.append((w["model"], info))
+        out.append(_guarded(S, w["name"], w["model"].eval(), info, guard))
     return out
 
 

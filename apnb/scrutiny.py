@@ -113,7 +113,7 @@ def scrutinise(model, data: dict, layer: str = "last_conv", device="auto", n_ima
     curves, area = pixel_flipping(model, x, t, maps, pixels_in_step=per_step, score=score)
     g = torch.Generator().manual_seed(seed)
     noise = torch.rand(maps.shape, generator=g).to(maps.device)
-    curves_r, area_r = pixel_flipping(model, x, t, noise, pixels_in_step=per_step, score=score)
+    _, area_r = pixel_flipping(model, x, t, noise, pixels_in_step=per_step, score=score)
     steps = curves.shape[1]
     row.update(pf_gradcam=float(np.mean(area) / (steps - 1)), pf_random=float(np.mean(area_r) / (steps - 1)))
     if key:

@@ -197,7 +197,7 @@ def test_a_cohort_holds_only_the_locks_of_what_it_trains(tmp_path, synth_root):
         seen.append(locked)
         return {}
 
-    out = R.students(S, kd, matching, [("naive", 0), R.job("swa", 0, train, matching, eval_fn=held)])
+    R.students(S, kd, matching, [("naive", 0), R.job("swa", 0, train, matching, eval_fn=held)])
     assert len(list(S.store.root.glob("*.lock"))) >= 2  # both entries were locked in turn
     assert seen == [1]  # the new student's lock alone, during its one epoch
 

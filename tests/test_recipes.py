@@ -158,6 +158,7 @@ def test_every_trained_network_is_guarded(tmp_path, synth_root):
     (none, info), = R.students(S, {"div": 2, "T": 4.0, "alpha": 0.9, "train": ft}, MATCHING, [("naive", 0)],
                                guard="report")
     assert none is None and re.match(f"^student naive /32 seed 0{chance}", info["premise_error"])
+    assert re.match(r"^mAP \(val; chance is 0\.\d+\) = 0\.\d+ is below the required \d\.\d+$", info["premise_reason"])
     with pytest.raises(ValueError, match="guard="):
         R.students(S, {"div": 2, "T": 4.0, "alpha": 0.9, "train": ft}, MATCHING, [("naive", 0)], guard="skip")
     with pytest.raises(G.PremiseError, match=f"^structured naive seed 0{chance}"):
